@@ -1,0 +1,64 @@
+"""``POST .../chat/completions``: read the body, let the service validate it, stream the answer."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from omniserve.api.errors import error_response, render_error
+from omniserve.api.sse import encode_stream
+from omniserve.api.streaming import EventStreamResponse
+from omniserve.errors import ApiError, PayloadTooLarge
+from omniserve.service import ChatService
+
+router = APIRouter()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` bytes (not after reading it all)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def chat_completions(request: Request) -> Response:
+    service: ChatService = request.app.state.service
+    request_id = str(uuid.uuid4())
+    try:
+        body = await read_body(request, service.settings.max_request_bytes)
+        validated = service.prepare(body, request_id)
+    except ApiError as exc:
+        return error_response(exc, request_id)
+    job = validated.job
+    stream = encode_stream(
+        job,
+        service.events(job),
+        include_usage=validated.include_usage,
+        transcript=service.settings.speech.transcript,
+    )
+    return EventStreamResponse(
+        stream,
+        render_error=lambda exc: render_error(exc, request_id),
+        headers={"x-request-id": request_id},
+    )
+
+
+for prefix in ("/compatible-mode/v1", "/v1"):
+    router.add_api_route(
+        f"{prefix}/chat/completions",
+        chat_completions,
+        methods=["POST"],
+        include_in_schema=prefix == "/v1",
+        response_model=None,
+        summary="Create a streamed chat completion (text and speech)",
+    )

@@ -1,0 +1,59 @@
+"""The one place an ``ApiError`` becomes the DashScope error envelope."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from omniserve.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+
+
+def error_envelope(exc: ApiError, request_id: str) -> bytes:
+    """``{"error": {...}, "id": "chatcmpl-<id>", "request_id": "<id>"}``, as the vendor sends."""
+    body = {"error": exc.body(), "id": f"chatcmpl-{request_id}", "request_id": request_id}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def render_error(exc: ApiError, request_id: str) -> tuple[int, Mapping[str, str], bytes]:
+    headers = {"x-request-id": request_id, **exc.headers()}
+    return exc.status, headers, error_envelope(exc, request_id)
+
+
+def error_response(exc: ApiError, request_id: str | None = None) -> Response:
+    status, headers, payload = render_error(exc, request_id or str(uuid.uuid4()))
+    return Response(
+        payload, status_code=status, headers=dict(headers), media_type="application/json"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error the framework raises leaves in the same envelope as the API's own."""
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"The path {request.url.path} does not exist."))
+        if exc.status_code == 405:
+            return error_response(
+                MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+            )
+        err = ApiError(str(exc.detail))
+        err.status = exc.status_code
+        return error_response(err)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        return error_response(InvalidParameter(f"Invalid request: {exc}"))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -1,0 +1,68 @@
+"""``GET .../models``: the served catalog, in the OpenAI list format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from omniserve.api.errors import error_response
+from omniserve.catalog import ModelSpec
+from omniserve.errors import ModelNotFound
+from omniserve.service import ChatService
+
+router = APIRouter()
+
+
+def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
+    limits = model.limits
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "omniserve",
+        # Extensions a client may read; OpenAI SDKs ignore them.
+        "family": model.family,
+        "version": model.version,
+        "snapshot": model.snapshot,
+        "context_length": limits.context,
+        "max_input_tokens": limits.max_input,
+        "max_output_tokens": limits.max_output,
+        "thinking": model.supports_thinking,
+        "voices": list(model.voice_names),
+        "default_voice": model.default_voice,
+        "output_languages": [str(lang) for lang in model.output_languages],
+    }
+
+
+async def list_models(request: Request) -> Response:
+    service: ChatService = request.app.state.service
+    created: int = request.app.state.started_at
+    data = [model_object(m, created) for m in service.models()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def get_model(request: Request, model_id: str) -> Response:
+    service: ChatService = request.app.state.service
+    if model_id not in service.catalog:
+        return error_response(ModelNotFound(model_id))
+    model = service.catalog.get(model_id)
+    return JSONResponse(model_object(model, request.app.state.started_at))
+
+
+for prefix in ("/compatible-mode/v1", "/v1"):
+    router.add_api_route(
+        f"{prefix}/models",
+        list_models,
+        methods=["GET"],
+        include_in_schema=prefix == "/v1",
+        summary="List served models",
+    )
+    router.add_api_route(
+        f"{prefix}/models/{{model_id}}",
+        get_model,
+        methods=["GET"],
+        include_in_schema=prefix == "/v1",
+        summary="Describe one model",
+    )

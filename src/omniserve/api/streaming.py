@@ -1,0 +1,109 @@
+"""An SSE response that answers early errors as HTTP errors and stops work on disconnect.
+
+The body's first chunk is awaited before the status line is sent, so a failure before any output
+is a proper 4xx/5xx. While streaming, a watcher reads ``http.disconnect`` and cancels the body at
+once, so a client that goes away stops its engine within one event-loop turn rather than at the
+next write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from omniserve.errors import ApiError, InternalError
+
+log = logging.getLogger("omniserve.stream")
+
+ErrorRenderer = Callable[[ApiError], tuple[int, Mapping[str, str], bytes]]
+
+SSE_HEADERS = {
+    "content-type": "text/event-stream;charset=UTF-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+
+
+class EventStreamResponse(Response):
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        *,
+        render_error: ErrorRenderer,
+        headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.stream = body
+        self.status_code = 200
+        self.background = None
+        self.render_error = render_error
+        merged = {**SSE_HEADERS, **(headers or {})}
+        self.raw_headers = [(k.encode(), v.encode()) for k, v in merged.items()]
+        self.on_close = on_close
+        self.disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            self.disconnected = True
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(watch)
+                try:
+                    await self._stream(send)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                aclose = getattr(self.stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if self.on_close is not None:
+                self.on_close()
+
+    async def _stream(self, send: Send) -> None:
+        try:
+            first = await anext(self.stream)
+        except StopAsyncIteration:
+            first = b""
+        except ApiError as exc:
+            await self._send_error(send, exc)
+            return
+        except Exception:
+            log.exception("stream failed before its first chunk")
+            await self._send_error(send, InternalError())
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": self.raw_headers,
+            }
+        )
+        if first:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for chunk in self.stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_error(self, send: Send, exc: ApiError) -> None:
+        status, headers, payload = self.render_error(exc)
+        merged = {"content-type": "application/json", **headers}
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in merged.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload, "more_body": False})

@@ -1,0 +1,168 @@
+"""The ``omniserve`` command: serve, and look at the catalog."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from omniserve.catalog import LANGUAGE_NAMES, Catalog
+from omniserve.config import Settings, load_settings
+
+app = typer.Typer(
+    help="omniserve: the Qwen-Omni API (OpenAI-compatible mode) on your own machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (flags and OMNISERVE_* win over it)."),
+]
+
+
+def _settings(config: Path | None, **flags: Any) -> Settings:
+    given = {k: v for k, v in flags.items() if v is not None}
+    emulator = {k: given.pop(k) for k in ("tokens_per_second", "first_token_ms") if k in given}
+    if emulator:
+        given["emulator"] = emulator
+    try:
+        return load_settings(config, **given)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    engine: Annotated[str | None, typer.Option(help="Engine: emulator [default].")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="critical|error|warning|info|debug.")
+    ] = None,
+    tokens_per_second: Annotated[
+        float | None, typer.Option(help="Emulator pacing; 0 streams as fast as possible.")
+    ] = None,
+    first_token_ms: Annotated[
+        float | None, typer.Option(help="Emulator delay before the first token.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Start the API server."""
+    import uvicorn
+
+    from omniserve.api.app import create_app
+
+    settings = _settings(
+        config,
+        host=host,
+        port=port,
+        engine=engine,
+        log_level=log_level,
+        tokens_per_second=tokens_per_second,
+        first_token_ms=first_token_ms,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    console.print(
+        f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "
+        f"(engine: {settings.engine})"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """List the models in the catalog with their limits."""
+    settings = _settings(config)
+    table = Table(title="Models")
+    for column in (
+        "model",
+        "points to",
+        "context",
+        "max input",
+        "max output",
+        "thinking",
+        "voices",
+        "languages",
+    ):
+        table.add_column(column)
+    for m in Catalog.default(settings.flash_alias):
+        thinking = (
+            f"yes (input {m.thinking_limits.max_input}, "
+            f"reasoning {m.thinking_limits.max_reasoning})"
+            if m.thinking_limits
+            else "no"
+        )
+        table.add_row(
+            m.name,
+            m.snapshot or "",
+            f"{m.limits.context:,}",
+            f"{m.limits.max_input:,}",
+            f"{m.limits.max_output:,}",
+            thinking,
+            str(len(m.voices)),
+            ",".join(m.output_languages),
+        )
+    console.print(table)
+
+
+@app.command()
+def voices(
+    model: Annotated[str | None, typer.Option(help="Only this model's voices.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List every voice, its languages, and how the built-in speech renders it."""
+    from omniserve.speech.voices import voice_settings
+
+    settings = _settings(config)
+    catalog = Catalog.default(settings.flash_alias)
+    if model is not None and model not in catalog:
+        console.print(f"[red]error:[/red] unknown model {model!r}; see `omniserve models`")
+        raise typer.Exit(2)
+    table = Table(title="Voices")
+    for column in (
+        "model",
+        "voice",
+        "name",
+        "gender",
+        "dialect",
+        "languages",
+        "espeak-ng (zh / en)",
+        "description",
+    ):
+        table.add_column(column)
+    for m in catalog:
+        if model is not None and m.name != model:
+            continue
+        for v in m.voices:
+            zh = voice_settings(v, v.languages[0])
+            en = voice_settings(v, v.languages[1]) if len(v.languages) > 1 else zh
+            table.add_row(
+                m.name,
+                v.name,
+                v.display_name,
+                v.gender,
+                v.dialect or "",
+                ", ".join(LANGUAGE_NAMES[lang] for lang in v.languages),
+                f"{' '.join(zh.args())} / {' '.join(en.args())}",
+                v.description,
+            )
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,118 @@
+"""Settings: one object, from CLI flags, ``OMNISERVE_*`` variables and a TOML file, in that order.
+
+Nested sections use ``__`` in variable names (``OMNISERVE_EMULATOR__TOKENS_PER_SECOND=0``) and
+tables in TOML (``[emulator]``). Nothing else in omniserve reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from omniserve.catalog import FLASH_0915
+
+
+class EmulatorSettings(BaseModel):
+    """Pacing of the offline emulator: 0 means as fast as possible (tests, benchmarks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_per_second: float = Field(default=40.0, ge=0)
+    first_token_ms: float = Field(default=150.0, ge=0)
+
+
+class SpeechSettings(BaseModel):
+    """Built-in speech for engines without a voice of their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["espeak", "tone"] = "espeak"
+    espeak_path: str = "espeak-ng"
+    # Synthesis processes running at once; first sentences of a reply jump the queue.
+    max_concurrency: int = Field(default_factory=lambda: max(2, (os.cpu_count() or 1) * 2), ge=1)
+    chunk_ms: int = Field(default=200, ge=20, le=2000)
+    # Add ``transcript`` (the sentence spoken) to audio deltas, as turbo-era streams did.
+    transcript: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OMNISERVE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    engine: Literal["emulator"] = "emulator"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Which snapshot the stable name qwen3-omni-flash points to.
+    flash_alias: str = FLASH_0915
+    # Serve only these model names (all of the catalog when empty).
+    models: list[str] = Field(default_factory=list)
+    # The Qwen BPE ranks file; by default the one the dashscope package ships.
+    tokenizer_file: Path | None = None
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    speech: SpeechSettings = Field(default_factory=SpeechSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``overrides`` (flags) over the environment over ``config_file`` (TOML)."""
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        file_values = TomlConfigSettingsSource(Settings, toml_file=config_file)()
+    env_values = _env_values()
+    merged = _deep_merge(_deep_merge(file_values, env_values), overrides)
+    # Build without re-reading the environment: the merge above already applied it.
+    return Settings.model_validate(merged)
+
+
+def _env_values() -> dict[str, Any]:
+    class _EnvOnly(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (env_settings,)
+
+    from pydantic_settings import EnvSettingsSource
+
+    return EnvSettingsSource(_EnvOnly)()
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

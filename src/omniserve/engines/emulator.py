@@ -1,0 +1,164 @@
+"""The offline emulator: a real engine that needs no model.
+
+Its reply is a function of the normalized request and the seed: it says what it received, in the
+language of the last user message, streamed token by token with the real Qwen vocabulary, with
+optional pacing so clients meet realistic streams. Speech comes from ``omniserve.speech``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
+
+from omniserve.catalog import Language
+from omniserve.config import EmulatorSettings
+from omniserve.engines.base import (
+    CompletionTokens,
+    EngineEvent,
+    Finished,
+    FinishReason,
+    GenerationJob,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+)
+from omniserve.engines.emulator_text import Received, compose_answer, compose_reasoning
+from omniserve.protocol.tokens import QwenTokenizer
+from omniserve.speech.language import detect_language
+
+
+def last_user_text(job: GenerationJob) -> str:
+    for message in reversed(job.messages):
+        if message.role == "user":
+            return message.text
+    return ""
+
+
+def received_from(job: GenerationJob) -> Received:
+    roles = [m.role for m in job.messages]
+    inputs: dict[str, int] = {}
+    for message in job.messages:
+        for item in message.media:
+            inputs[item.modality] = inputs.get(item.modality, 0) + 1
+    return Received(
+        model=job.model_name,
+        messages=len(roles),
+        user=roles.count("user"),
+        assistant=roles.count("assistant"),
+        system=roles.count("system"),
+        inputs=inputs,
+        prompt_tokens=job.prompt_tokens.total,
+        last_user_text=last_user_text(job),
+        voice=job.voice.name if job.voice else None,
+        system_ignored=job.audio_output
+        and not job.model.system_prompt_with_audio
+        and "system" in roles,
+    )
+
+
+def request_digest(job: GenerationJob) -> int:
+    """A stable number from the normalized request and the seed; ids and timing excluded."""
+    normalized = {
+        "model": job.model_name,
+        "messages": [[m.role, m.text, [asdict(i) for i in m.media]] for m in job.messages],
+        "voice": job.voice.name if job.voice else None,
+        "thinking": job.thinking,
+        "seed": job.sampling.seed,
+    }
+    blob = json.dumps(normalized, sort_keys=True, ensure_ascii=False).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
+
+
+class EmulatorEngine:
+    """Deterministic replies, real token counts, configurable pacing."""
+
+    name = "emulator"
+    speaks = False
+
+    def __init__(self, settings: EmulatorSettings, tokenizer: QwenTokenizer) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def language_of(self, job: GenerationJob) -> Language:
+        return detect_language(last_user_text(job), allowed=job.model.output_languages)
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+        received = received_from(job)
+        language = self.language_of(job)
+        answer = compose_answer(received, language, closing=request_digest(job))
+        pacer = _Pacer(self.settings.tokens_per_second, self.settings.first_token_ms / 1000)
+        await pacer.first()
+
+        reasoning_tokens = 0
+        if job.thinking:
+            budget = job.thinking_budget or job.model.mode_limits(True).max_reasoning
+            reasoning = compose_reasoning(received, language)
+            for piece, n in self._pieces(reasoning, budget):
+                reasoning_tokens += n
+                yield ReasoningDelta(piece)
+                await pacer.tick(n)
+
+        answer, reason = self._apply_stop(answer, job.sampling.stop)
+        text_tokens = 0
+        limit = job.max_tokens
+        for piece, n in self._pieces(answer, limit):
+            text_tokens += n
+            yield TextDelta(piece)
+            await pacer.tick(n)
+        if limit is not None and text_tokens >= limit and self.tokenizer.count(answer) > limit:
+            reason = "length"
+        usage = Usage(
+            prompt=job.prompt_tokens,
+            completion=CompletionTokens(text=text_tokens, reasoning=reasoning_tokens),
+        )
+        yield Finished(reason=reason, usage=usage)
+
+    def _pieces(self, text: str, limit: int | None) -> Iterator[tuple[str, int]]:
+        used = 0
+        for piece, n in self.tokenizer.stream_pieces(text):
+            if limit is not None and used + n > limit:
+                return
+            used += n
+            yield piece, n
+
+    @staticmethod
+    def _apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, FinishReason]:
+        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+        return (text[:cut], "stop") if cut >= 0 else (text, "stop")
+
+
+class _Pacer:
+    """Sleeps so tokens leave at a steady rate measured from the start, not per token."""
+
+    def __init__(self, tokens_per_second: float, first_token_s: float) -> None:
+        self.rate = tokens_per_second
+        self.first_token_s = first_token_s
+        self.start = time.monotonic()
+        self.sent = 0
+
+    async def first(self) -> None:
+        if self.first_token_s > 0:
+            await asyncio.sleep(self.first_token_s)
+        self.start = time.monotonic()
+
+    async def tick(self, tokens: int) -> None:
+        self.sent += tokens
+        if self.rate <= 0:
+            # Unpaced: still give other streams and cancellation a turn every few tokens.
+            if self.sent % 16 < tokens:
+                await asyncio.sleep(0)
+            return
+        due = self.start + self.sent / self.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)

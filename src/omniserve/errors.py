@@ -1,0 +1,177 @@
+"""Every error omniserve returns to a client, as one tree.
+
+    ApiError                       status, code, type, message, param
+    ├── InvalidParameter           400 invalid_parameter_error / invalid_request_error
+    │   ├── StreamRequired         400 stream must be true
+    │   ├── InvalidMedia           400 media that breaks a rule of the spec
+    │   └── MediaNotEnabled        400 media input switched off on this server
+    ├── InvalidApiKey              401 invalid_api_key
+    ├── ModelNotFound              404 model_not_found
+    ├── NotFound                   404 a path that is not part of the API
+    ├── MethodNotAllowed           405
+    ├── RateLimited                429 limit_requests (carries Retry-After)
+    ├── EngineBusy                 429 an engine queue is full (carries Retry-After)
+    ├── ServiceUnavailable         503 the engine cannot serve now
+    └── InternalError              500 a fault of ours; the message hides the details
+
+The API turns any of them into the DashScope envelope in one place (``api/errors.py``);
+messages are verbatim from the vendor where the vendor's are known.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error with everything the wire format needs."""
+
+    status: int = 500
+    code: str = "InternalError"
+    type: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        """The inner ``error`` object of the envelope."""
+        return {
+            "code": self.code,
+            "param": self.param,
+            "message": self.message,
+            "type": self.type,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.code!r}, {self.message!r})"
+
+
+class InvalidParameter(ApiError):
+    status = 400
+    code = "invalid_parameter_error"
+    type = "invalid_request_error"
+
+
+class StreamRequired(InvalidParameter):
+    """Qwen-Omni is stream-only."""
+
+    TEXT = (
+        "This model only support stream mode, please enable the stream parameter "
+        "to access the model. "
+    )
+    AUDIO = "'audio' output only support with stream=true"
+
+    def __init__(self, *, audio_requested: bool) -> None:
+        super().__init__(self.AUDIO if audio_requested else self.TEXT, param="stream")
+
+
+class InvalidMedia(InvalidParameter):
+    """A media part that is malformed or outside the model's limits."""
+
+
+class MediaNotEnabled(InvalidParameter):
+    """Media parts are understood but this server does not accept them."""
+
+
+class PayloadTooLarge(InvalidParameter):
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"Request body is larger than the server's limit of {limit} bytes.")
+
+
+class NotFound(ApiError):
+    """A path that is not part of the API."""
+
+    status = 404
+    code = "NotFound"
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "MethodNotAllowed"
+    type = "invalid_request_error"
+
+
+class InvalidApiKey(ApiError):
+    status = 401
+    code = "invalid_api_key"
+    type = "invalid_request_error"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Incorrect API key provided. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#apikey-error"
+        )
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    code = "model_not_found"
+    type = "invalid_request_error"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"The model {name} does not exist or you do not have access to it.", param="model"
+        )
+
+
+class _RetryAfter(ApiError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class RateLimited(_RetryAfter):
+    code = "limit_requests"
+    type = "limit_requests"
+
+    def __init__(self, *, retry_after: float) -> None:
+        super().__init__(
+            "You have exceeded your current request limit. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#rate-limit",
+            retry_after=retry_after,
+        )
+
+
+class EngineBusy(_RetryAfter):
+    """The engine's queue is full: the same code and message as a rate limit."""
+
+    code = "limit_requests"
+    type = "limit_requests"
+
+    def __init__(self, *, retry_after: float = 1.0) -> None:
+        super().__init__(
+            "You have exceeded your current request limit. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#rate-limit",
+            retry_after=retry_after,
+        )
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "ServiceUnavailable"
+    type = "service_unavailable"
+
+
+class InternalError(ApiError):
+    status = 500
+    code = "InternalError"
+    type = "internal_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message or "An internal error has occured, try again later or contact service support."
+        )

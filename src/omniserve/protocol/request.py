@@ -1,0 +1,153 @@
+"""Pydantic models of the chat request as clients send it, and parsing with clear 400s.
+
+Types are strict (``"stream": "true"`` is a string, not a boolean) and unknown top-level fields
+are ignored, as the vendor ignores them. Rules that need the catalog live in ``validate.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from omniserve.errors import InvalidParameter
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class AudioParam(_Strict):
+    voice: str | None = None
+    format: str | None = None
+
+
+class ImageURL(_Strict):
+    url: str
+    detail: str | None = None
+
+
+class InputAudio(_Strict):
+    data: str
+    format: str | None = None
+
+
+class VideoURL(_Strict):
+    url: str
+
+
+class ContentPart(BaseModel):
+    """One element of a message's ``content`` list; which fields apply depends on ``type``."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    type: str
+    text: str | None = None
+    image_url: ImageURL | str | None = None
+    input_audio: InputAudio | None = None
+    video_url: VideoURL | str | None = None
+    video: list[str] | None = None
+
+
+class Message(_Strict):
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ChatRequest(_Strict):
+    model: str
+    messages: list[Message]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    modalities: list[str] | None = None
+    audio: AudioParam | None = None
+    enable_thinking: bool | None = None
+    thinking_budget: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    repetition_penalty: float | None = None
+    tools: list[Any] | None = None
+
+
+# Top-level request fields that DashScope names as ``parameters.<field>``; ``messages`` is
+# ``input.messages`` and ``model`` is itself, as in the vendor's own messages.
+_INPUT_FIELDS = {"messages"}
+_TOP_FIELDS = {"model"}
+
+
+def field_path(loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """(dotted path as DashScope prints it, OpenAI-style ``param``) for a validation location."""
+    parts = [str(p) for p in loc if _is_field_part(p)]
+    if not parts:
+        return "body", ""
+    param = parts[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts[1:])
+    if parts[0] in _INPUT_FIELDS:
+        prefix = "input."
+    elif parts[0] in _TOP_FIELDS:
+        prefix = ""
+    else:
+        prefix = "parameters."
+    return prefix + ".".join(parts), param
+
+
+def _is_field_part(part: int | str) -> bool:
+    # Pydantic adds union member tags such as "str" or "list[ContentPart]" to locations.
+    if isinstance(part, int):
+        return True
+    return (
+        part.isidentifier()
+        and part not in {"str", "int", "float", "bool", "list", "dict"}
+        and (not part[:1].isupper())
+    )
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Parse a request body or raise a 400 that names what is wrong and where."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        where = (
+            f" (line {exc.lineno} column {exc.colno})"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise InvalidParameter(f"Request body is not valid JSON: {detail}{where}.") from None
+    except RecursionError:
+        raise InvalidParameter("Request body is not valid JSON: nested too deeply.") from None
+    if not isinstance(data, dict):
+        raise InvalidParameter("Request body must be a JSON object.")
+    extra = data.pop("extra_body", None)
+    if isinstance(extra, dict):
+        # The vendor's Node samples pass Python's ``extra_body`` literally; its keys apply.
+        for key, value in extra.items():
+            data.setdefault(key, value)
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def _first_error(exc: ValidationError) -> InvalidParameter:
+    errors = exc.errors(include_url=False)
+    # Of a union's alternatives, the one that got deepest into the input matched its shape.
+    errors.sort(key=lambda e: -len(e["loc"]))
+    err = errors[0]
+    path, param = field_path(tuple(err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "missing":
+        msg = "Field required"
+    return InvalidParameter(f"{msg}: {path}", param=param or None)

@@ -1,0 +1,356 @@
+"""Every rule of the spec, applied to a parsed request with the model's catalog entry.
+
+The result is a ``GenerationJob`` an engine can run, or an ``ApiError`` with the vendor's status,
+code and message. Limits come from the catalog only.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from omniserve.catalog import Catalog, ModelSpec, Voice
+from omniserve.engines.base import (
+    ChatMessage,
+    GenerationJob,
+    MediaItem,
+    Modality,
+    PromptTokens,
+    Role,
+    SamplingParams,
+)
+from omniserve.errors import InvalidMedia, InvalidParameter, MediaNotEnabled, StreamRequired
+from omniserve.protocol.request import ChatRequest, ContentPart, Message
+from omniserve.protocol.tokens import QwenTokenizer
+
+PART_TYPES = ("text", "image_url", "input_audio", "video_url", "video")
+_PART_MODALITY: dict[str, Modality] = {
+    "image_url": "image",
+    "input_audio": "audio",
+    "video_url": "video",
+    "video": "video",
+}
+AUDIO_FORMATS = ("wav", "pcm16")
+INVALID_URL = (
+    "<400> InternalError.Algo.InvalidParameter: The provided URL does not appear to be valid. "
+    "Ensure it is correctly formatted."
+)
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*);base64,", re.I)
+_BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+_SEED_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    job: GenerationJob
+    include_usage: bool
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def quote_list(values: tuple[str, ...] | list[str]) -> str:
+    """``'a', 'b' or 'c'`` as the vendor's messages list allowed values."""
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) == 1:
+        return quoted[0]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+class RequestValidator:
+    """Applies the spec's rules; ``media_enabled`` is off until the media pipeline accepts it."""
+
+    def __init__(
+        self, catalog: Catalog, tokenizer: QwenTokenizer, *, media_enabled: bool = False
+    ) -> None:
+        self.catalog = catalog
+        self.tokenizer = tokenizer
+        self.media_enabled = media_enabled
+
+    def validate(self, req: ChatRequest, request_id: str | None = None) -> ValidatedRequest:
+        model = self.catalog.get(req.model)
+        modalities = self._modalities(req)
+        audio_out = "audio" in modalities
+        if req.stream is not True:
+            raise StreamRequired(audio_requested=audio_out)
+        if req.n not in (None, 1):
+            raise InvalidParameter("Range of n should be [1, 1]", param="n")
+        if req.tools:
+            raise InvalidParameter(
+                f"The model {req.model} does not support tools (function calling).", param="tools"
+            )
+        thinking = self._thinking(req, model, audio_out)
+        voice = self._voice(req, model, audio_out)
+        messages = tuple(self._message(i, m, model) for i, m in enumerate(req.messages))
+        if not messages:
+            raise InvalidParameter(
+                "Range of messages length should be [1, inf): input.messages", param="messages"
+            )
+        if not any(m.role == "user" for m in messages):
+            raise InvalidParameter("At least one user message is required.", param="messages")
+        self._media_counts(messages, model)
+        if not self.media_enabled and any(m.media for m in messages):
+            raise MediaNotEnabled(
+                "Media input (image, audio and video) is not enabled on this server yet; "
+                "send text-only messages."
+            )
+        limits = model.mode_limits(thinking)
+        max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+        if max_tokens is not None and not 1 <= max_tokens <= limits.max_output:
+            raise InvalidParameter(
+                f"Range of max_tokens should be [1, {limits.max_output}]", param="max_tokens"
+            )
+        budget = self._thinking_budget(req, model, thinking)
+        sampling = self._sampling(req)
+        prompt = self._prompt_tokens(messages, model, audio_out)
+        if not 1 <= prompt.total <= limits.max_input:
+            raise InvalidParameter(
+                f"Range of input length should be [1, {limits.max_input}]", param="messages"
+            )
+        job = GenerationJob(
+            request_id=request_id or new_request_id(),
+            model_name=req.model,
+            model=model,
+            messages=messages,
+            prompt_tokens=prompt,
+            voice=voice,
+            thinking=thinking,
+            max_tokens=max_tokens,
+            thinking_budget=budget,
+            sampling=sampling,
+        )
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return ValidatedRequest(job=job, include_usage=include_usage)
+
+    # -- output options ------------------------------------------------------------------
+
+    @staticmethod
+    def _modalities(req: ChatRequest) -> set[str]:
+        if req.modalities is None:
+            return {"text"}
+        given = req.modalities
+        if sorted(given) not in (["text"], ["audio", "text"]):
+            raise InvalidParameter(
+                f"Invalid modalities: {given!r}. Supported combinations are: "
+                "['text'] and ['audio', 'text'].",
+                param="modalities",
+            )
+        return set(given)
+
+    @staticmethod
+    def _thinking(req: ChatRequest, model: ModelSpec, audio_out: bool) -> bool:
+        if not req.enable_thinking:
+            return False
+        if not model.supports_thinking:
+            raise InvalidParameter(
+                f"The model {req.model} does not support enable_thinking.",
+                param="enable_thinking",
+            )
+        if audio_out or req.audio is not None:
+            raise InvalidParameter(
+                "Audio output is not supported in thinking mode; modalities must be ['text'].",
+                param="modalities" if audio_out else "audio",
+            )
+        return True
+
+    @staticmethod
+    def _voice(req: ChatRequest, model: ModelSpec, audio_out: bool) -> Voice | None:
+        audio = req.audio
+        if audio is not None and audio.format is not None and audio.format not in AUDIO_FORMATS:
+            raise InvalidParameter(
+                f"Input should be {quote_list(AUDIO_FORMATS)}: parameters.audio.format",
+                param="audio.format",
+            )
+        name = audio.voice if audio is not None and audio.voice is not None else None
+        if name is None:
+            return model.voice(model.default_voice) if audio_out else None
+        voice = model.voice(name)
+        if voice is None:
+            raise InvalidParameter(
+                f"Input should be {quote_list(model.voice_names)}: parameters.audio.voice",
+                param="audio.voice",
+            )
+        return voice if audio_out else None
+
+    @staticmethod
+    def _thinking_budget(req: ChatRequest, model: ModelSpec, thinking: bool) -> int | None:
+        if req.thinking_budget is None:
+            return None
+        ceiling = model.mode_limits(True).max_reasoning or model.mode_limits(True).max_output
+        if not 1 <= req.thinking_budget <= ceiling:
+            raise InvalidParameter(
+                f"Range of thinking_budget should be [1, {ceiling}]", param="thinking_budget"
+            )
+        return req.thinking_budget if thinking else None
+
+    @staticmethod
+    def _sampling(req: ChatRequest) -> SamplingParams:
+        def bad(name: str, rng: str) -> InvalidParameter:
+            return InvalidParameter(f"Range of {name} should be {rng}", param=name)
+
+        if req.temperature is not None and not 0 <= req.temperature < 2:
+            raise bad("temperature", "[0.0, 2.0)")
+        if req.top_p is not None and not 0 < req.top_p <= 1:
+            raise bad("top_p", "(0.0, 1.0]")
+        if req.top_k is not None and req.top_k < 0:
+            raise bad("top_k", "[0, inf)")
+        if req.seed is not None and not 0 <= req.seed <= _SEED_MAX:
+            raise bad("seed", f"[0, {_SEED_MAX}]")
+        if req.presence_penalty is not None and not -2 <= req.presence_penalty <= 2:
+            raise bad("presence_penalty", "[-2.0, 2.0]")
+        if req.repetition_penalty is not None and req.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "(0.0, inf)")
+        stop: tuple[str, ...] = ()
+        if isinstance(req.stop, str):
+            stop = (req.stop,) if req.stop else ()
+        elif req.stop is not None:
+            stop = tuple(s for s in req.stop if s)
+        return SamplingParams(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=stop,
+            presence_penalty=req.presence_penalty,
+            repetition_penalty=req.repetition_penalty,
+        )
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _message(self, index: int, msg: Message, model: ModelSpec) -> ChatMessage:
+        where = f"input.messages.{index}"
+        if msg.role not in ("system", "user", "assistant"):
+            raise InvalidParameter(
+                f"Input should be 'system', 'user' or 'assistant': {where}.role",
+                param=f"messages[{index}].role",
+            )
+        role: Role = msg.role  # type: ignore[assignment]
+        content = msg.content
+        if content is None or isinstance(content, str):
+            if role == "user" and not content:
+                raise InvalidParameter(
+                    f"User messages must have content: {where}.content",
+                    param=f"messages[{index}].content",
+                )
+            return ChatMessage(role=role, text=content or "")
+        texts: list[str] = []
+        media: list[MediaItem] = []
+        for j, part in enumerate(content):
+            item = self._part(
+                part, f"{where}.content.{j}", f"messages[{index}].content[{j}]", model
+            )
+            if item is None:
+                texts.append(part.text or "")
+            else:
+                media.append(item)
+        if media and role == "assistant":
+            raise InvalidParameter(
+                "Assistant messages may only contain text.", param=f"messages[{index}].content"
+            )
+        if media and role == "system":
+            raise InvalidParameter(
+                "System messages may only contain text.", param=f"messages[{index}].content"
+            )
+        if len({m.modality for m in media}) > 1:
+            raise InvalidParameter(
+                "A user message may contain text and at most one of image, audio or video.",
+                param=f"messages[{index}].content",
+            )
+        for item in media:
+            if item.kind == "video":
+                self._check_frames(item, model)
+        return ChatMessage(role=role, text="".join(texts), media=tuple(media))
+
+    def _part(
+        self, part: ContentPart, where: str, param: str, model: ModelSpec
+    ) -> MediaItem | None:
+        cap = model.media.data_uri_max_bytes
+        kind = part.type
+        if kind not in PART_TYPES:
+            raise InvalidParameter(
+                f"Invalid value: {kind}. Supported values are: "
+                "'text','image_url','input_audio','video_url' and 'video'.",
+                param=f"{param}.type",
+            )
+        if kind == "text":
+            if part.text is None:
+                raise InvalidParameter(f"Field required: {where}.text", param=f"{param}.text")
+            return None
+        source: str | tuple[str, ...]
+        if kind == "image_url" or kind == "video_url":
+            value = part.image_url if kind == "image_url" else part.video_url
+            if value is None:
+                raise InvalidParameter(f"Field required: {where}.{kind}", param=f"{param}.{kind}")
+            source = value if isinstance(value, str) else value.url
+            self._check_source(source, cap, bare_base64=False)
+        elif kind == "input_audio":
+            if part.input_audio is None:
+                raise InvalidParameter(f"Field required: {where}.{kind}", param=f"{param}.{kind}")
+            source = part.input_audio.data
+            self._check_source(source, cap, bare_base64=True)
+        else:
+            if part.video is None:
+                raise InvalidParameter(f"Field required: {where}.video", param=f"{param}.video")
+            for frame in part.video:
+                self._check_source(frame, cap, bare_base64=False)
+            source = tuple(part.video)
+        frames = len(source) if isinstance(source, tuple) else 0
+        return MediaItem(modality=_PART_MODALITY[kind], kind=kind, source=source, frames=frames)
+
+    @staticmethod
+    def _check_source(source: str, cap: int, *, bare_base64: bool) -> None:
+        """A URL must be http(s) or a base64 data URL; ``input_audio`` may also be bare base64."""
+        s = source.strip()
+        lowered = s[:8].lower()
+        if lowered.startswith(("http://", "https://")) and len(s) > len("https://"):
+            return
+        match = _DATA_URL.match(s)
+        if match:
+            payload_len = len(s) - match.end()
+        elif bare_base64 and s and _BASE64.match(s[:4096]):
+            payload_len = len(s)
+        else:
+            raise InvalidMedia(INVALID_URL)
+        # Decoded size, without decoding: every 4 base64 characters carry 3 bytes.
+        if payload_len * 3 // 4 > cap:
+            raise InvalidMedia(f"Exceeded limit on max bytes per data-uri item : {cap}'.")
+
+    @staticmethod
+    def _check_frames(item: MediaItem, model: ModelSpec) -> None:
+        lo, hi = model.media.frames_min, model.media.frames_max
+        if not lo <= item.frames <= hi:
+            raise InvalidMedia(
+                "The video modality input does not meet the requirements because: "
+                f"the range of sequence images shoule be ({lo}, {hi})."
+            )
+
+    @staticmethod
+    def _media_counts(messages: tuple[ChatMessage, ...], model: ModelSpec) -> None:
+        audio = sum(1 for m in messages for i in m.media if i.kind == "input_audio")
+        videos = sum(1 for m in messages for i in m.media if i.kind == "video_url")
+        if audio > model.media.audio_per_request:
+            raise InvalidMedia(
+                "The audio modality input does not meet the requirements because: "
+                f"at most {model.media.audio_per_request} audio file is allowed per request."
+            )
+        if videos > model.media.video_per_request:
+            raise InvalidMedia(
+                "The video modality input does not meet the requirements because: "
+                f"at most {model.media.video_per_request} video file is allowed per request."
+            )
+
+    def _prompt_tokens(
+        self, messages: tuple[ChatMessage, ...], model: ModelSpec, audio_out: bool
+    ) -> PromptTokens:
+        text = self.tokenizer.count_chat((m.role, m.text) for m in messages)
+        if audio_out:
+            text += model.tokens.audio_output_prompt_tokens
+        media = [i for m in messages for i in m.media]
+        return PromptTokens(
+            text=text,
+            image=sum(i.tokens for i in media if i.modality == "image"),
+            audio=sum(i.tokens for i in media if i.modality == "audio"),
+            video=sum(i.tokens for i in media if i.modality == "video"),
+        )

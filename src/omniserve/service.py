@@ -1,0 +1,74 @@
+"""The chat service: request bytes in, engine events (with speech) out.
+
+It owns the catalog, tokenizer, validator, engine and synthesizer for the server's lifetime, so
+the HTTP layer only parses, calls it and encodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from omniserve.catalog import Catalog, ModelSpec
+from omniserve.config import Settings
+from omniserve.engines import make_engine
+from omniserve.engines.base import Engine, EngineEvent, GenerationJob
+from omniserve.protocol.request import parse_chat_request
+from omniserve.protocol.tokens import QwenTokenizer, get_tokenizer
+from omniserve.protocol.validate import RequestValidator, ValidatedRequest
+from omniserve.speech import Synthesizer, chunk_bytes_for, make_synthesizer, speak_along
+
+log = logging.getLogger("omniserve")
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        synthesizer: Synthesizer | None = None,
+        tokenizer: QwenTokenizer | None = None,
+    ) -> None:
+        self.settings = settings
+        catalog = Catalog.default(settings.flash_alias)
+        self.catalog = catalog.restricted_to(settings.models) if settings.models else catalog
+        self.tokenizer = tokenizer or get_tokenizer(settings.tokenizer_file)
+        self.validator = RequestValidator(self.catalog, self.tokenizer)
+        self.engine = engine or make_engine(settings, self.tokenizer)
+        self.synthesizer = synthesizer or make_synthesizer(settings.speech)
+        self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
+        self.ready = False
+
+    async def start(self) -> None:
+        await self.engine.start()
+        check = getattr(self.synthesizer, "check", None)
+        if check is not None and not self.engine.speaks:
+            await check()
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        await self.engine.close()
+        await self.synthesizer.close()
+
+    def models(self) -> list[ModelSpec]:
+        return list(self.catalog)
+
+    def prepare(self, body: bytes, request_id: str) -> ValidatedRequest:
+        """Parse and validate; raises ``ApiError`` with the vendor's status, code and message."""
+        return self.validator.validate(parse_chat_request(body), request_id)
+
+    def events(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+        """The engine's events, with built-in speech when audio is asked of a silent engine."""
+        events = self.engine.generate(job)
+        if job.voice is None or self.engine.speaks:
+            return events
+        return speak_along(
+            events,
+            self.synthesizer,
+            job.voice,
+            languages=job.voice.languages,
+            chunk_bytes=self.chunk_bytes,
+            tokens_per_second=job.model.tokens.output_audio_tokens_per_second,
+        )

@@ -1,0 +1,189 @@
+"""Speech for engines that only write: text passes straight through, audio follows by sentence.
+
+Three pieces run together: a pump reads the engine and passes text on at once, a speaker
+synthesizes finished sentences in order (a couple ahead of the one playing out), and the
+generator yields whatever is ready. Closing the generator stops all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from omniserve.catalog import Language, Voice
+from omniserve.engines.base import AudioDelta, EngineEvent, Finished, TextDelta
+from omniserve.speech.language import detect_language
+from omniserve.speech.pcm import CHUNK_ALIGN, SAMPLE_BYTES, SAMPLE_RATE, chunk_pcm
+from omniserve.speech.segmenter import SentenceSegmenter
+from omniserve.speech.synth import Synthesizer
+from omniserve.speech.voices import voice_settings
+
+# Sentences being synthesized at once for one reply: the one about to play and the next.
+_LOOKAHEAD = 2
+# Events waiting for the consumer; past this the engine is read no faster than it is consumed.
+_BACKLOG = 64
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: Exception
+
+
+_Item = EngineEvent | _Failed | None  # None: the engine ended without Finished
+
+
+async def speak_along(
+    events: AsyncIterator[EngineEvent],
+    synth: Synthesizer,
+    voice: Voice,
+    *,
+    languages: Sequence[Language],
+    chunk_bytes: int,
+    tokens_per_second: float,
+) -> AsyncGenerator[EngineEvent, None]:
+    """``events`` with ``voice`` reading the text aloud, audio tokens added to the usage.
+
+    Close it (``aclose()``) or cancel its consumer to stop synthesis and close ``events``.
+    """
+    if not languages:
+        raise ValueError("speech needs at least one language")
+    if chunk_bytes <= 0 or chunk_bytes % CHUNK_ALIGN:
+        raise ValueError(f"chunk size must be a positive multiple of 6, not {chunk_bytes}")
+    out: asyncio.Queue[_Item] = asyncio.Queue(maxsize=_BACKLOG)
+    speaker = _Speaker(synth, voice, tuple(languages), chunk_bytes, out)
+    pump = asyncio.create_task(_pump(events, speaker, out, tokens_per_second))
+    try:
+        while True:
+            item = await out.get()
+            if item is None:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+            if isinstance(item, Finished):
+                return
+    finally:
+        pump.cancel()
+        await speaker.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
+
+
+async def _pump(
+    events: AsyncIterator[EngineEvent],
+    speaker: _Speaker,
+    out: asyncio.Queue[_Item],
+    tokens_per_second: float,
+) -> None:
+    """Passes the engine's events on and hands finished sentences to the speaker."""
+    segmenter = SentenceSegmenter()
+    try:
+        async for event in events:
+            if isinstance(event, Finished):
+                if (rest := segmenter.flush()) is not None:
+                    speaker.say(rest)
+                await speaker.finish()
+                tokens = math.ceil(speaker.seconds * tokens_per_second)
+                if speaker.seconds > 0:
+                    tokens = max(1, tokens)
+                await out.put(Finished(event.reason, event.usage.with_audio_tokens(tokens)))
+                return
+            await out.put(event)
+            if isinstance(event, TextDelta):
+                for sentence in segmenter.feed(event.text):
+                    speaker.say(sentence)
+        if (rest := segmenter.flush()) is not None:
+            speaker.say(rest)
+        await speaker.finish()
+        await out.put(None)
+    except Exception as exc:
+        await out.put(_Failed(exc))
+
+
+class _Speaker:
+    """Synthesizes sentences in order and queues their audio as whole, aligned chunks."""
+
+    def __init__(
+        self,
+        synth: Synthesizer,
+        voice: Voice,
+        languages: tuple[Language, ...],
+        chunk_bytes: int,
+        out: asyncio.Queue[_Item],
+    ) -> None:
+        self._synth = synth
+        self._voice = voice
+        self._languages = languages
+        self._chunk_bytes = chunk_bytes
+        self._out = out
+        self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        self._inflight: deque[asyncio.Task[bytes]] = deque()
+        self._first = True
+        self._ended = False
+        self._pcm_bytes = 0
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def seconds(self) -> float:
+        return self._pcm_bytes / (SAMPLE_BYTES * SAMPLE_RATE)
+
+    def say(self, sentence: str) -> None:
+        self._sentences.put_nowait(sentence)
+
+    async def finish(self) -> None:
+        """Returns once every sentence said so far is queued as audio."""
+        self._sentences.put_nowait(None)
+        await self._task
+
+    async def cancel(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        carry = b""  # the last 2 or 4 bytes that would break 6-byte alignment
+        try:
+            while await self._start_next(wait=True):
+                pcm = await self._inflight[0]
+                self._inflight.popleft()
+                await self._start_next(wait=False)  # the next sentence synthesizes meanwhile
+                self._pcm_bytes += len(pcm)
+                data = carry + pcm
+                cut = len(data) - len(data) % CHUNK_ALIGN
+                data, carry = data[:cut], data[cut:]
+                for chunk in chunk_pcm(data, self._chunk_bytes):
+                    await self._out.put(AudioDelta(chunk))
+            if carry:
+                await self._out.put(AudioDelta(carry))
+        except Exception as exc:
+            await self._out.put(_Failed(exc))
+            raise
+        finally:
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _start_next(self, *, wait: bool) -> bool:
+        """Starts sentences up to the lookahead; False once nothing is left to play."""
+        while not self._ended and len(self._inflight) < _LOOKAHEAD:
+            if self._inflight or not wait:
+                try:
+                    sentence = self._sentences.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            else:
+                sentence = await self._sentences.get()
+            if sentence is None:
+                self._ended = True
+                break
+            self._inflight.append(asyncio.create_task(self._synthesize(sentence, self._first)))
+            self._first = False
+        return bool(self._inflight)
+
+    async def _synthesize(self, sentence: str, first: bool) -> bytes:
+        language = detect_language(sentence, allowed=self._languages)
+        settings = voice_settings(self._voice, language)
+        return await self._synth.synthesize(sentence, settings, first=first)

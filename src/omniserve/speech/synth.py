@@ -1,0 +1,191 @@
+"""Sentence synthesizers: espeak-ng in a subprocess, and a tone fallback for machines without it.
+
+espeak-ng is GPL-3, so it only ever runs as a separate program. Both return PCM16 mono 24 kHz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Protocol
+
+import numpy as np
+
+from omniserve.config import SpeechSettings
+from omniserve.speech.pcm import SAMPLE_RATE, parse_wav, resample_pcm16
+from omniserve.speech.priority import PrioritySemaphore
+from omniserve.speech.voices import ESPEAK_LANGUAGES, EspeakVoice
+
+_TONE_MIN_SECONDS = 0.3
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f々〆]")
+
+
+class SpeechError(RuntimeError):
+    """Speech could not be synthesized (espeak-ng missing, failing or silent)."""
+
+
+class Synthesizer(Protocol):
+    """Turns one sentence into PCM16 mono 24 kHz."""
+
+    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
+        """``first`` marks the opening sentence of a reply, which is served before others."""
+        ...
+
+    async def check(self) -> None:
+        """Raises ``SpeechError`` when this synthesizer cannot work here (run at start-up)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class EspeakSynthesizer:
+    """Runs ``espeak-ng`` once per sentence, at most ``max_concurrency`` at a time."""
+
+    def __init__(self, settings: SpeechSettings) -> None:
+        self._path = settings.espeak_path
+        self._slots = PrioritySemaphore(settings.max_concurrency)
+        self._running: set[asyncio.subprocess.Process] = set()
+
+    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
+        text = espeak_text(text, voice)
+        if not text:
+            return b""
+        async with self._slots.slot(urgent=first):
+            wav = await self._run(["--stdout", "--stdin", *voice.args()], text.encode())
+        try:
+            pcm, rate, channels = parse_wav(wav)
+        except ValueError as exc:
+            raise SpeechError(f"espeak-ng wrote no usable WAV for voice {voice.name}") from exc
+        if channels != 1:
+            raise SpeechError(f"espeak-ng wrote {channels} channels, expected mono")
+        # Measured at about 1 ms per second of audio: enough to stall other streams if run on
+        # the event loop, while a worker thread keeps the loop's lag under 2 ms.
+        return await asyncio.to_thread(resample_pcm16, pcm, rate, SAMPLE_RATE)
+
+    async def check(self) -> None:
+        """Speaks one word and looks for every voice we use, so gaps show at start-up."""
+        wav = await self._run(["--stdout", "--stdin", "-v", "en-us"], b"ok")
+        try:
+            pcm, _, _ = parse_wav(wav)
+        except ValueError as exc:
+            raise SpeechError(f"{self._path} did not write a WAV file") from exc
+        if not pcm:
+            raise SpeechError(f"{self._path} wrote no audio")
+        listing = await self._run(["--voices"], b"")
+        rows = [line.split() for line in listing.decode().splitlines()[1:]]
+        installed = {row[1] for row in rows if len(row) > 1}
+        missing = sorted({*ESPEAK_LANGUAGES.values(), "yue"} - installed)
+        if missing:
+            raise SpeechError(f"{self._path} lacks the voices {', '.join(missing)}")
+
+    async def close(self) -> None:
+        """Kills sentences still being spoken; their callers see ``SpeechError``."""
+        for proc in list(self._running):
+            if proc.returncode is None:
+                proc.kill()
+
+    async def _run(self, args: list[str], stdin: bytes) -> bytes:
+        """espeak-ng's stdout; the process is killed and reaped if the caller is cancelled."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._path,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise SpeechError(
+                f"cannot run {self._path!r} ({exc.strerror or exc}): install espeak-ng, "
+                "set speech.espeak_path, or choose speech.backend = 'tone'"
+            ) from exc
+        self._running.add(proc)
+        try:
+            out, err = await proc.communicate(stdin)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+            # Reap it even if we are cancelled again while waiting.
+            await asyncio.shield(proc.wait())
+            raise
+        finally:
+            self._running.discard(proc)
+        if proc.returncode != 0:
+            message = err.decode(errors="replace").strip() or "no message"
+            raise SpeechError(f"{self._path} exited with status {proc.returncode}: {message}")
+        return out
+
+
+def espeak_text(text: str, voice: EspeakVoice) -> str:
+    """``text`` as espeak-ng should get it for ``voice``.
+
+    espeak-ng's Japanese has no kanji readings and says "Chinese letter" for each one, so
+    Japanese is read from its kana alone.
+    """
+    if voice.language == "ja":
+        text = _HAN.sub("", text)
+    return text.strip()
+
+
+class ToneSynthesizer:
+    """A soft, syllable-paced tone instead of speech: audible, deterministic, dependency-free.
+
+    About 60 ms per CJK character and 70 ms per other word (at least 300 ms); the voice's
+    variant family and pitch set the tone.
+    """
+
+    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
+        return tone_pcm(text, voice)
+
+    async def check(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def tone_pcm(text: str, voice: EspeakVoice) -> bytes:
+    """The sound ``ToneSynthesizer`` makes for ``text``, as PCM16 mono 24 kHz."""
+    durations = _syllables(text)
+    if not durations:
+        return b""
+    stretch = max(1.0, _TONE_MIN_SECONDS / sum(durations))
+    f0 = (210.0 if voice.variant.startswith("f") else 120.0) * 2.0 ** ((voice.pitch - 50) / 100)
+    parts = []
+    for index, seconds in enumerate(durations):
+        n = max(2, round(seconds * stretch * SAMPLE_RATE))
+        # A fixed little melody, a rise-fall glide and two harmonics sound more like a voice
+        # than a flat sine; the Hann envelope keeps syllable edges click-free.
+        semitones = (index * 7) % 5 - 2
+        glide = 1 + 0.03 * np.sin(np.pi * np.arange(n) / (n - 1))
+        phase = 2 * np.pi * np.cumsum(f0 * 2.0 ** (semitones / 12) * glide) / SAMPLE_RATE
+        wave = np.sin(phase) + 0.35 * np.sin(2 * phase) + 0.15 * np.sin(3 * phase)
+        parts.append(wave * np.hanning(n))
+    scale = 0.25 * voice.amplitude / 100 / 1.5 * 32767
+    return (np.concatenate(parts) * scale).astype("<i2").tobytes()
+
+
+def _syllables(text: str) -> list[float]:
+    """Seconds per spoken unit: 60 ms per CJK character, 70 ms per other word."""
+    units: list[float] = []
+    in_word = False
+    for ch in text:
+        code = ord(ch)
+        cjk = 0x3040 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF
+        if cjk:
+            units.append(0.06)
+            in_word = False
+        elif ch.isalnum():
+            if not in_word:
+                units.append(0.07)
+            in_word = True
+        else:
+            in_word = False
+    return units
+
+
+def make_synthesizer(settings: SpeechSettings) -> Synthesizer:
+    """The synthesizer ``settings.backend`` names."""
+    if settings.backend == "tone":
+        return ToneSynthesizer()
+    return EspeakSynthesizer(settings)

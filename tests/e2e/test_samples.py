@@ -1,0 +1,161 @@
+"""The vendor's client samples (examples/), run unchanged except for the server's address."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers import LiveServer, read_sse
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+DEFAULT_URL = "http://127.0.0.1:8000/compatible-mode/v1"
+
+
+def localize(src: Path, dst_dir: Path, server: LiveServer) -> Path:
+    """Copy a sample, pointing it at the test server instead of the documented default."""
+    text = src.read_text(encoding="utf-8")
+    assert DEFAULT_URL in text, f"{src.name} must use the README's base URL"
+    dst = dst_dir / src.name
+    dst.write_text(text.replace(DEFAULT_URL, server.api), encoding="utf-8")
+    return dst
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 60) -> str:
+    env = {**os.environ, "DASHSCOPE_API_KEY": "sk-omniserve-test"}
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def assert_speech_wav(path: Path, min_seconds: float = 1.0) -> None:
+    audio, rate = sf.read(path, dtype="int16")
+    assert rate == 24_000
+    assert audio.ndim == 1
+    seconds = len(audio) / rate
+    assert seconds >= min_seconds, seconds
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+    assert rms > 300, f"audio is nearly silent (RMS {rms:.0f})"
+    # Speech has pauses and bursts: the loudness of 50 ms frames varies a lot.
+    frames = audio[: len(audio) // 1200 * 1200].reshape(-1, 1200).astype(np.float64)
+    frame_rms = np.sqrt((frames**2).mean(axis=1))
+    assert (frame_rms < rms * 0.2).mean() > 0.05, "no pauses: not speech-like"
+    assert (frame_rms > rms).mean() > 0.2
+
+
+def test_python_text_and_audio(server: LiveServer, tmp_path: Path) -> None:
+    script = localize(EXAMPLES / "python" / "text_and_audio.py", tmp_path, server)
+    out = run([sys.executable, str(script)], tmp_path)
+    assert "请求失败" not in out, out
+    assert "omniserve" in out and "音频文件已保存至:audio_assistant.wav" in out
+    assert_speech_wav(tmp_path / "audio_assistant.wav")
+
+
+def test_python_decode_audio(server: LiveServer, tmp_path: Path) -> None:
+    script = localize(EXAMPLES / "python" / "decode_audio.py", tmp_path, server)
+    out = run([sys.executable, str(script)], tmp_path)
+    assert "audio_tokens" in out
+    assert_speech_wav(tmp_path / "audio_assistant_py.wav")
+
+
+def test_python_thinking(server: LiveServer, tmp_path: Path) -> None:
+    script = localize(EXAMPLES / "python" / "thinking.py", tmp_path, server)
+    out = run([sys.executable, str(script)], tmp_path)
+    assert "reasoning_tokens" in out
+    lines = out.splitlines()
+    first_content = next(i for i, line in enumerate(lines) if "content='你好" in line)
+    last_reasoning = max(
+        i
+        for i, line in enumerate(lines)
+        if "reasoning_content='" in line and "reasoning_content=''" not in line
+    )
+    assert last_reasoning < first_content
+
+
+def test_python_multi_turn(server: LiveServer, tmp_path: Path) -> None:
+    script = localize(EXAMPLES / "python" / "multi_turn.py", tmp_path, server)
+    out = run([sys.executable, str(script)], tmp_path)
+    assert "3 条消息" in "".join(re.findall(r"content='([^']*)'", out))
+
+
+def _curl(script: Path, tmp_path: Path, server: LiveServer) -> list[object]:
+    local = localize(script, tmp_path, server)
+    out = run(["sh", str(local)], tmp_path)
+    return read_sse(iter(out.split("\n")))
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_text_and_audio(server: LiveServer, tmp_path: Path) -> None:
+    events = _curl(EXAMPLES / "curl" / "text_and_audio.sh", tmp_path, server)
+    assert events[-1] == "[DONE]"
+    audio = [
+        e["choices"][0]["delta"]["audio"]
+        for e in events[:-1]
+        if isinstance(e, dict) and e["choices"] and "audio" in e["choices"][0]["delta"]
+    ]
+    assert audio and all(a["id"].startswith("audio_") for a in audio)
+    usage = events[-2]["usage"]  # type: ignore[index]
+    assert usage["completion_tokens_details"]["audio_tokens"] > 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_thinking_and_multi_turn(server: LiveServer, tmp_path: Path) -> None:
+    events = _curl(EXAMPLES / "curl" / "thinking.sh", tmp_path, server)
+    role = events[0]["choices"][0]["delta"]  # type: ignore[index]
+    assert role == {"content": None, "role": "assistant", "reasoning_content": ""}
+    events = _curl(EXAMPLES / "curl" / "multi_turn.sh", tmp_path, server)
+    assert events[0]["model"] == "qwen-omni-turbo"  # type: ignore[index]
+    assert json.dumps(events[-2]["usage"])  # type: ignore[index]
+
+
+NODE = shutil.which("node")
+NPM = shutil.which("npm")
+
+
+@pytest.fixture(scope="module")
+def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if NODE is None or NPM is None:
+        pytest.skip("node and npm are not installed")
+    work = tmp_path_factory.mktemp("node")
+    shutil.copy(EXAMPLES / "node" / "package.json", work / "package.json")
+    proc = subprocess.run(
+        [NPM, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"npm install failed: {proc.stderr}")
+    return work
+
+
+def test_node_text_and_audio(server: LiveServer, node_dir: Path) -> None:
+    script = localize(EXAMPLES / "node" / "text_and_audio.mjs", node_dir, server)
+    out = run([str(NODE), str(script)], node_dir)
+    assert "omniserve" in out and "音频文件已成功保存为 audio_assistant.wav" in out
+    assert_speech_wav(node_dir / "audio_assistant.wav")
+
+
+def test_node_thinking(server: LiveServer, node_dir: Path) -> None:
+    script = localize(EXAMPLES / "node" / "thinking.mjs", node_dir, server)
+    out = run([str(NODE), str(script)], node_dir)
+    assert "reasoning_content" in out and "reasoning_tokens" in out
+
+
+def test_node_multi_turn(server: LiveServer, node_dir: Path) -> None:
+    script = localize(EXAMPLES / "node" / "multi_turn.mjs", node_dir, server)
+    out = run([str(NODE), str(script)], node_dir)
+    assert "3 条消息" in "".join(re.findall(r"content: '([^']*)'", out))
+    assert "prompt_tokens" in out

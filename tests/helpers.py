@@ -1,0 +1,88 @@
+"""Test helpers: a real uvicorn on 127.0.0.1 around a real service, and an SSE reader."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from omniserve.api.app import create_app
+from omniserve.config import Settings, load_settings
+from omniserve.engines.base import Engine
+from omniserve.service import ChatService
+
+
+@dataclass
+class LiveServer:
+    base_url: str  # http://127.0.0.1:PORT
+    service: ChatService
+
+    @property
+    def api(self) -> str:
+        return f"{self.base_url}/compatible-mode/v1"
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    """Zero emulator pacing: tests never wait on a simulated clock."""
+    emulator = {"tokens_per_second": 0, "first_token_ms": 0, **overrides.pop("emulator", {})}
+    return load_settings(None, emulator=emulator, **overrides)
+
+
+@contextmanager
+def live_server(
+    settings: Settings | None = None, *, engine: Engine | None = None
+) -> Iterator[LiveServer]:
+    """Run the app on an ephemeral port in a thread; stop it on exit."""
+    service = ChatService(settings or fast_settings(), engine=engine)
+    config = uvicorn.Config(
+        create_app(service=service),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield LiveServer(base_url=f"http://127.0.0.1:{port}", service=service)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def read_sse(lines: Iterator[str]) -> list[Any]:
+    """The JSON objects of an SSE body (``[DONE]`` as the string), checking the framing."""
+    import json
+
+    events: list[Any] = []
+    for line in lines:
+        if not line:
+            continue
+        assert line.startswith("data: "), line
+        data = line[len("data: ") :]
+        events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def chat_body(**overrides: Any) -> dict[str, Any]:
+    """The spec's first sample as a request body."""
+    body: dict[str, Any] = {
+        "model": "qwen3-omni-flash",
+        "messages": [{"role": "user", "content": "你是谁？"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
