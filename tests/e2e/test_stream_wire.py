@@ -215,3 +215,21 @@ def test_turbo_replies_in_chinese_or_english_only(server: LiveServer) -> None:
     _, raw = stream(server, body)
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events_of(raw)[1:-2])
     assert text.startswith("Hello!")
+
+
+def test_transcript_flag_adds_the_spoken_sentence() -> None:
+    body = chat_body(
+        modalities=["text", "audio"], messages=[{"role": "user", "content": "Who are you?"}]
+    )
+    with live_server(fast_settings(speech={"transcript": True})) as s:
+        _, raw = stream(s, body)
+    events = events_of(raw)[:-1]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    audio = [
+        e["choices"][0]["delta"]["audio"]
+        for e in events
+        if e["choices"] and "audio" in e["choices"][0]["delta"]
+    ]
+    spoken = [a["transcript"] for a in audio if "transcript" in a]
+    assert spoken[0] == "Hello!"
+    assert " ".join(spoken) == text

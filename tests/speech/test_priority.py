@@ -1,4 +1,4 @@
-"""PrioritySemaphore: urgent waiters first, first come first served within a lane."""
+"""PrioritySemaphore: earliest deadline first, arrival order among equals."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import pytest
 from omniserve.speech.priority import PrioritySemaphore
 
 
-async def _order(limit: int, lanes: list[tuple[str, bool]]) -> list[str]:
+async def _order(limit: int, lanes: list[tuple[str, float]]) -> list[str]:
     sem = PrioritySemaphore(limit)
     for _ in range(limit):
         await sem.acquire()
     order: list[str] = []
 
-    async def waiter(name: str, urgent: bool) -> None:
-        async with sem.slot(urgent=urgent):
+    async def waiter(name: str, deadline: float) -> None:
+        async with sem.slot(deadline):
             order.append(name)
             await asyncio.sleep(0)
 
     tasks = []
-    for name, urgent in lanes:
-        tasks.append(asyncio.create_task(waiter(name, urgent)))
+    for name, deadline in lanes:
+        tasks.append(asyncio.create_task(waiter(name, deadline)))
         await asyncio.sleep(0)  # queue them in this order
     for _ in range(limit):
         sem.release()
@@ -30,9 +30,17 @@ async def _order(limit: int, lanes: list[tuple[str, bool]]) -> list[str]:
     return order
 
 
-def test_urgent_waiters_are_served_first_in_arrival_order() -> None:
-    lanes = [("a", False), ("b", False), ("U1", True), ("c", False), ("U2", True)]
-    assert asyncio.run(_order(1, lanes)) == ["U1", "U2", "a", "b", "c"]
+def test_earliest_deadline_first_then_arrival_order() -> None:
+    lanes = [
+        ("a", 5.0),
+        ("b", 5.0),
+        ("U1", 1.0),
+        ("c", 5.0),
+        ("U2", 1.0),
+        ("late", 9.0),
+        ("mid", 3.0),
+    ]
+    assert asyncio.run(_order(1, lanes)) == ["U1", "U2", "mid", "a", "b", "c", "late"]
 
 
 def test_limit_is_respected() -> None:
@@ -40,15 +48,15 @@ def test_limit_is_respected() -> None:
         sem = PrioritySemaphore(3)
         running = peak = 0
 
-        async def job(urgent: bool) -> None:
+        async def job(deadline: float) -> None:
             nonlocal running, peak
-            async with sem.slot(urgent=urgent):
+            async with sem.slot(deadline):
                 running += 1
                 peak = max(peak, running)
                 await asyncio.sleep(0.001)
                 running -= 1
 
-        await asyncio.gather(*(job(i % 4 == 0) for i in range(20)))
+        await asyncio.gather(*(job(float(i % 4)) for i in range(20)))
         return peak
 
     assert asyncio.run(main()) == 3

@@ -62,12 +62,14 @@ class ToneRecorder:
     """A Synthesizer that makes tones and records what it was asked, in order."""
 
     delay: float = 0.0
-    calls: list[tuple[str, EspeakVoice, bool]] = field(default_factory=list)
+    calls: list[tuple[str, EspeakVoice, float | None]] = field(default_factory=list)
     running: int = 0
     peak: int = 0
 
-    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
-        self.calls.append((text, voice, first))
+    async def synthesize(
+        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+    ) -> bytes:
+        self.calls.append((text, voice, deadline))
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
@@ -169,7 +171,10 @@ def test_sentences_are_spoken_in_order_with_their_language() -> None:
         "今天天气很好。",
         "我们一起去公园散步吧！",
     ]
-    assert [first for _, _, first in synth.calls] == [True, False, False, False]
+    deadlines = [d for _, _, d in synth.calls]
+    assert all(d is not None for d in deadlines)
+    # The first sentence is due at once; later ones when the audio before them has played.
+    assert deadlines[0] == min(deadlines) and deadlines[0] < deadlines[-1]
     assert [voice.language for _, voice, _ in synth.calls] == ["en-us"] * 2 + [
         "cmn-latn-pinyin"
     ] * 2

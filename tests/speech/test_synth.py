@@ -66,7 +66,7 @@ def speak(text: str, voice: EspeakVoice) -> bytes:
     async def main() -> bytes:
         synth = EspeakSynthesizer(settings())
         try:
-            return await synth.synthesize(text, voice, first=True)
+            return await synth.synthesize(text, voice)
         finally:
             await synth.close()
 

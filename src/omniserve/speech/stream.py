@@ -3,12 +3,17 @@
 Three pieces run together: a pump reads the engine and passes text on at once, a speaker
 synthesizes finished sentences in order (a couple ahead of the one playing out), and the
 generator yields whatever is ready. Closing the generator stops all of it.
+
+Each sentence is synthesized with a deadline: the moment the client's playback would run out
+of the audio before it (the first sentence is due at once). The synthesizer serves the earliest
+deadline first, so under load every stream stays ahead of its listener.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -121,9 +126,12 @@ class _Speaker:
         self._chunk_bytes = chunk_bytes
         self._out = out
         self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        self._inflight: deque[asyncio.Task[bytes]] = deque()
-        self._first = True
+        self._inflight: deque[tuple[asyncio.Task[bytes], float, str]] = deque()
         self._ended = False
+        # Playback clock: when the audio starts (or, before that, when the first sentence was
+        # asked for), and the seconds of audio planned from then: queued, or estimated.
+        self._base: float | None = None
+        self._planned = 0.0
         self._pcm_bytes = 0
         self._task = asyncio.create_task(self._run())
 
@@ -147,24 +155,31 @@ class _Speaker:
         carry = b""  # the last 2 or 4 bytes that would break 6-byte alignment
         try:
             while await self._start_next(wait=True):
-                pcm = await self._inflight[0]
+                task, estimate, sentence = self._inflight[0]
+                pcm = await task
                 self._inflight.popleft()
+                seconds = len(pcm) / (SAMPLE_BYTES * SAMPLE_RATE)
+                if self._pcm_bytes == 0 and pcm:
+                    self._base = time.monotonic()  # playback starts with this audio
+                self._planned += seconds - estimate
                 await self._start_next(wait=False)  # the next sentence synthesizes meanwhile
                 self._pcm_bytes += len(pcm)
                 data = carry + pcm
                 cut = len(data) - len(data) % CHUNK_ALIGN
                 data, carry = data[:cut], data[cut:]
+                words: str | None = sentence  # the sentence's first chunk carries its words
                 for chunk in chunk_pcm(data, self._chunk_bytes):
-                    await self._out.put(AudioDelta(chunk))
+                    await self._out.put(AudioDelta(chunk, transcript=words))
+                    words = None
             if carry:
                 await self._out.put(AudioDelta(carry))
         except Exception as exc:
             await self._out.put(_Failed(exc))
             raise
         finally:
-            for task in self._inflight:
+            for task, _, _ in self._inflight:
                 task.cancel()
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            await asyncio.gather(*(t for t, _, _ in self._inflight), return_exceptions=True)
 
     async def _start_next(self, *, wait: bool) -> bool:
         """Starts sentences up to the lookahead; False once nothing is left to play."""
@@ -179,11 +194,23 @@ class _Speaker:
             if sentence is None:
                 self._ended = True
                 break
-            self._inflight.append(asyncio.create_task(self._synthesize(sentence, self._first)))
-            self._first = False
+            if self._base is None:
+                self._base = time.monotonic()
+            deadline = self._base + self._planned
+            estimate = estimate_seconds(sentence)
+            self._planned += estimate
+            task = asyncio.create_task(self._synthesize(sentence, deadline))
+            self._inflight.append((task, estimate, sentence))
         return bool(self._inflight)
 
-    async def _synthesize(self, sentence: str, first: bool) -> bytes:
+    async def _synthesize(self, sentence: str, deadline: float) -> bytes:
         language = detect_language(sentence, allowed=self._languages)
         settings = voice_settings(self._voice, language)
-        return await self._synth.synthesize(sentence, settings, first=first)
+        return await self._synth.synthesize(sentence, settings, deadline=deadline)
+
+
+def estimate_seconds(sentence: str) -> float:
+    """A rough spoken length, until the audio itself is known: about 0.27 s per Han, kana or
+    Hangul character and 0.07 s per other character at espeak-ng's default speed."""
+    wide = sum(1 for ch in sentence if ord(ch) >= 0x2E80)
+    return 0.27 * wide + 0.07 * (len(sentence) - wide)

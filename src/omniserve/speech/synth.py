@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Protocol
 
 import numpy as np
@@ -27,8 +28,11 @@ class SpeechError(RuntimeError):
 class Synthesizer(Protocol):
     """Turns one sentence into PCM16 mono 24 kHz."""
 
-    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
-        """``first`` marks the opening sentence of a reply, which is served before others."""
+    async def synthesize(
+        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+    ) -> bytes:
+        """``deadline`` (``time.monotonic()`` seconds) is when the audio is needed; the most
+        urgent sentence is synthesized first. ``None`` means now."""
         ...
 
     async def check(self) -> None:
@@ -46,11 +50,13 @@ class EspeakSynthesizer:
         self._slots = PrioritySemaphore(settings.max_concurrency)
         self._running: set[asyncio.subprocess.Process] = set()
 
-    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
+    async def synthesize(
+        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+    ) -> bytes:
         text = espeak_text(text, voice)
         if not text:
             return b""
-        async with self._slots.slot(urgent=first):
+        async with self._slots.slot(time.monotonic() if deadline is None else deadline):
             wav = await self._run(["--stdout", "--stdin", *voice.args()], text.encode())
         try:
             pcm, rate, channels = parse_wav(wav)
@@ -134,7 +140,9 @@ class ToneSynthesizer:
     variant family and pitch set the tone.
     """
 
-    async def synthesize(self, text: str, voice: EspeakVoice, *, first: bool = False) -> bytes:
+    async def synthesize(
+        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+    ) -> bytes:
         return tone_pcm(text, voice)
 
     async def check(self) -> None:
