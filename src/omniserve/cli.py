@@ -55,9 +55,14 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Start the API server."""
+    import asyncio
+
     import uvicorn
 
     from omniserve.api.app import create_app
+    from omniserve.protocol.tokens import TokenizerUnavailable
+    from omniserve.service import ChatService
+    from omniserve.speech import SpeechError
 
     settings = _settings(
         config,
@@ -71,12 +76,18 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        service = ChatService(settings)
+        asyncio.run(service.check())
+    except (SpeechError, TokenizerUnavailable) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
     console.print(
         f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "
         f"(engine: {settings.engine})"
     )
     uvicorn.run(
-        create_app(settings),
+        create_app(service=service),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -89,33 +100,20 @@ def models(config: ConfigOption = None) -> None:
     """List the models in the catalog with their limits."""
     settings = _settings(config)
     table = Table(title="Models")
-    for column in (
-        "model",
-        "points to",
-        "context",
-        "max input",
-        "max output",
-        "thinking",
-        "voices",
-        "languages",
-    ):
-        table.add_column(column)
+    table.add_column("model", no_wrap=True)
+    table.add_column("alias of", no_wrap=True)
+    for column in ("context", "max input", "max output", "thinking", "voices", "languages"):
+        table.add_column(column, justify="right")
     for m in Catalog.default(settings.flash_alias):
-        thinking = (
-            f"yes (input {m.thinking_limits.max_input}, "
-            f"reasoning {m.thinking_limits.max_reasoning})"
-            if m.thinking_limits
-            else "no"
-        )
         table.add_row(
             m.name,
             m.snapshot or "",
             f"{m.limits.context:,}",
             f"{m.limits.max_input:,}",
             f"{m.limits.max_output:,}",
-            thinking,
+            "yes" if m.supports_thinking else "no",
             str(len(m.voices)),
-            ",".join(m.output_languages),
+            str(len(m.output_languages)),
         )
     console.print(table)
 

@@ -40,11 +40,14 @@ class ChatService:
         self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
         self.ready = False
 
+    async def check(self) -> None:
+        """Raises ``SpeechError`` when built-in speech is needed and cannot work here."""
+        if not self.engine.speaks:
+            await self.synthesizer.check()
+
     async def start(self) -> None:
         await self.engine.start()
-        check = getattr(self.synthesizer, "check", None)
-        if check is not None and not self.engine.speaks:
-            await check()
+        await self.check()
         self.ready = True
 
     async def close(self) -> None:

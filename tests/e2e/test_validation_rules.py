@@ -377,6 +377,20 @@ CASES: list[tuple[str, dict[str, Any], int, tuple[str, str], str]] = [
         "User messages must have content: input.messages.0.content",
     ),
     (
+        "empty user content list",
+        chat_body(messages=[{"role": "user", "content": []}]),
+        400,
+        BAD_PARAM,
+        "User messages must have content: input.messages.0.content",
+    ),
+    (
+        "http url without a host",
+        chat_body(messages=user({"type": "image_url", "image_url": {"url": "http://"}}, TEXT)),
+        400,
+        BAD_PARAM,
+        INVALID_URL,
+    ),
+    (
         "stream as string",
         chat_body(stream="true"),
         400,

@@ -115,7 +115,9 @@ class EmulatorEngine:
             text_tokens += n
             yield TextDelta(piece)
             await pacer.tick(n)
-        if limit is not None and text_tokens >= limit and self.tokenizer.count(answer) > limit:
+        # A piece of several tokens that would cross the limit is held back whole, so the text
+        # can end a token or two short of max_tokens; it was still cut by the limit.
+        if limit is not None and text_tokens < self.tokenizer.count(answer):
             reason = "length"
         usage = Usage(
             prompt=job.prompt_tokens,

@@ -1,0 +1,137 @@
+"""The ``omniserve`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from omniserve.catalog import Catalog
+from omniserve.cli import app
+
+runner = CliRunner()
+
+
+def test_help_everywhere() -> None:
+    for args in ([], ["serve"], ["models"], ["voices"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+    result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    for flag in ("--host", "--port", "--engine", "--config", "--log-level"):
+        assert flag in result.output
+
+
+def test_models_lists_the_catalog() -> None:
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in Catalog.default().names():
+        assert name in result.output
+
+
+def test_voices_table_for_one_model() -> None:
+    result = runner.invoke(app, ["voices", "--model", "qwen-omni-turbo"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for voice in ("Cherry", "Serena", "Ethan", "Chelsie"):
+        assert voice in result.output
+    assert "Rocky" not in result.output
+
+
+def test_voices_shows_cantonese_for_rocky() -> None:
+    result = runner.invoke(app, ["voices", "--model", "qwen3-omni-flash"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    rocky = next(line for line in result.output.splitlines() if "Rocky" in line)
+    assert "yue" in rocky and "Cantonese" in rocky
+
+
+def test_voices_unknown_model() -> None:
+    result = runner.invoke(app, ["voices", "--model", "gpt-4o"])
+    assert result.exit_code == 2
+    assert "unknown model" in result.output
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["models", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    assert "config file not found" in result.output
+
+
+def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "omniserve.toml"
+    config.write_text('port = "eighty"\n')
+    result = runner.invoke(app, ["models", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "port" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:
+    """`omniserve serve` as the README starts it, with settings from a TOML file and flags."""
+    port = _free_port()
+    config = tmp_path / "omniserve.toml"
+    config.write_text(
+        'log_level = "warning"\nmodels = ["qwen3-omni-flash", "qwen-omni-turbo"]\n'
+        "[emulator]\ntokens_per_second = 0\nfirst_token_ms = 0\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniserve", "serve", "--port", str(port), "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        for prefix in ("/compatible-mode/v1", "/v1"):
+            models = httpx.get(f"{base}{prefix}/models").json()
+            assert [m["id"] for m in models["data"]] == ["qwen3-omni-flash", "qwen-omni-turbo"]
+        r = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={
+                "model": "qwen2.5-omni-7b",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
+        assert r.status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down cleanly, then re-raises the signal it caught.
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+        if proc.stdout is not None:
+            output = proc.stdout.read().decode()
+            proc.stdout.close()
+            assert "Traceback" not in output, output
+
+
+def test_serve_refuses_to_start_without_espeak() -> None:
+    result = runner.invoke(
+        app,
+        ["serve", "--port", "1"],
+        env={"OMNISERVE_SPEECH__ESPEAK_PATH": "/nonexistent/espeak-ng"},
+    )
+    assert result.exit_code == 1
+    assert "cannot run '/nonexistent/espeak-ng'" in result.output
+    assert "Traceback" not in result.output
