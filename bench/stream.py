@@ -4,7 +4,8 @@ Runs text+audio streams against a server at several concurrency levels, bounded 
 seconds per level. Baselines measured in the same run: a ``/healthz`` round trip (the HTTP floor)
 and a text-only stream's time to first token; TTFA is reported against them.
 
-    python bench/stream.py --spawn                # start a zero-pacing server on a free port
+    python bench/stream.py                        # spawn a zero-pacing server on a free port
+    python bench/stream.py --tokens-per-second 40 --first-token-ms 150   # paced like a model
     python bench/stream.py --url http://127.0.0.1:8000 --concurrency 1,8,32
 
 Definitions (as ``vllm bench serve``): TTFT = send → first non-empty ``delta.content``;
@@ -171,21 +172,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn_server(port: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "omniserve",
-        "serve",
-        "--port",
-        str(port),
-        "--tokens-per-second",
-        "0",
-        "--first-token-ms",
-        "0",
-        "--log-level",
-        "warning",
-    ]
+def spawn_server(
+    port: int, tokens_per_second: float, first_token_ms: float
+) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "omniserve", "serve", "--port", str(port),
+           "--tokens-per-second", str(tokens_per_second),
+           "--first-token-ms", str(first_token_ms), "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -236,8 +228,21 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=None, help="server base URL (default: --spawn)")
-    parser.add_argument("--spawn", action="store_true", help="start a zero-pacing server")
+    parser.add_argument(
+        "--url", default=None, help="a running server's base URL (default: spawn one)"
+    )
+    parser.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=0,
+        help="emulator pacing of the spawned server (0: unpaced)",
+    )
+    parser.add_argument(
+        "--first-token-ms",
+        type=float,
+        default=0,
+        help="emulator first-token delay of the spawned server",
+    )
     parser.add_argument(
         "--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")]
     )
@@ -247,7 +252,7 @@ def main() -> None:
     proc = None
     if args.url is None:
         port = free_port()
-        proc = spawn_server(port)
+        proc = spawn_server(port, args.tokens_per_second, args.first_token_ms)
         args.url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(main_async(args))

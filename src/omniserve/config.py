@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -84,28 +85,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not config_file.is_file():
             raise FileNotFoundError(f"config file not found: {config_file}")
         file_values = TomlConfigSettingsSource(Settings, toml_file=config_file)()
-    env_values = _env_values()
+    env_values = EnvSettingsSource(Settings)()
     merged = _deep_merge(_deep_merge(file_values, env_values), overrides)
     # Build without re-reading the environment: the merge above already applied it.
     return Settings.model_validate(merged)
-
-
-def _env_values() -> dict[str, Any]:
-    class _EnvOnly(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (env_settings,)
-
-    from pydantic_settings import EnvSettingsSource
-
-    return EnvSettingsSource(_EnvOnly)()
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
