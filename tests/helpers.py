@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import uvicorn
 
 from omniserve.api.app import create_app
@@ -86,3 +87,32 @@ def chat_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
+
+
+def rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+def dominant_frequency(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.fft.rfftfreq(len(samples), 1 / 24_000)[int(np.argmax(spectrum))])
+
+
+def median_pitch(pcm: bytes) -> float:
+    """Median fundamental frequency of the louder 40 ms frames, by autocorrelation."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    size, low, high = 960, 24_000 // 500, 24_000 // 60
+    loud = float(np.sqrt(np.mean(samples**2)))
+    pitches = []
+    for start in range(0, len(samples) - size, size):
+        frame = samples[start : start + size]
+        if np.sqrt(np.mean(frame**2)) < loud:
+            continue
+        frame = frame - frame.mean()
+        corr = np.correlate(frame, frame, "full")[size - 1 :]
+        lag = low + int(np.argmax(corr[low:high]))
+        if corr[lag] > 0.3 * corr[0]:
+            pitches.append(24_000 / lag)
+    return float(np.median(pitches))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import LiveServer, read_sse
+from helpers import LiveServer, median_pitch, read_sse
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEFAULT_URL = "http://127.0.0.1:8000/compatible-mode/v1"
@@ -159,3 +160,28 @@ def test_node_multi_turn(server: LiveServer, node_dir: Path) -> None:
     out = run([str(NODE), str(script)], node_dir)
     assert "3 条消息" in "".join(re.findall(r"content: '([^']*)'", out))
     assert "prompt_tokens" in out
+
+
+def test_requested_voice_is_heard(server: LiveServer) -> None:
+    """Cherry (female) speaks higher than Ethan (male) through the openai SDK."""
+    from openai import OpenAI
+
+    client = OpenAI(api_key="sk-test", base_url=server.api)
+
+    def speech(voice: str) -> bytes:
+        stream = client.chat.completions.create(
+            model="qwen3-omni-flash",
+            messages=[{"role": "user", "content": "Who are you?"}],
+            modalities=["text", "audio"],
+            audio={"voice": voice, "format": "wav"},
+            stream=True,
+        )
+        pcm = b""
+        for chunk in stream:
+            audio = getattr(chunk.choices[0].delta, "audio", None) if chunk.choices else None
+            if audio:
+                pcm += base64.b64decode(audio["data"])
+        return pcm
+
+    cherry, ethan = speech("Cherry"), speech("Ethan")
+    assert median_pitch(cherry) > 1.2 * median_pitch(ethan)

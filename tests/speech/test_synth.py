@@ -6,9 +6,9 @@ import asyncio
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from helpers import dominant_frequency, median_pitch, rms
 from omniserve.catalog import Language, build_models
 from omniserve.config import SpeechSettings
 from omniserve.speech.pcm import duration_seconds
@@ -27,35 +27,6 @@ VOICES = {voice.name: voice for voice in FLASH.voices}
 ZH = "今天天气很好，我们一起去公园散步吧。"
 EN = "The weather is lovely today, so let us take a walk in the park."
 LONG = " ".join(f"This is sentence number {i} of a very long text." for i in range(400))
-
-
-def rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
-
-
-def dominant_frequency(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    spectrum = np.abs(np.fft.rfft(samples))
-    return float(np.fft.rfftfreq(len(samples), 1 / 24_000)[int(np.argmax(spectrum))])
-
-
-def median_pitch(pcm: bytes) -> float:
-    """Median fundamental frequency of the louder 40 ms frames, by autocorrelation."""
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    size, low, high = 960, 24_000 // 500, 24_000 // 60
-    loud = float(np.sqrt(np.mean(samples**2)))
-    pitches = []
-    for start in range(0, len(samples) - size, size):
-        frame = samples[start : start + size]
-        if np.sqrt(np.mean(frame**2)) < loud:
-            continue
-        frame = frame - frame.mean()
-        corr = np.correlate(frame, frame, "full")[size - 1 :]
-        lag = low + int(np.argmax(corr[low:high]))
-        if corr[lag] > 0.3 * corr[0]:
-            pitches.append(24_000 / lag)
-    return float(np.median(pitches))
 
 
 def settings(**overrides: object) -> SpeechSettings:
