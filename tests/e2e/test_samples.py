@@ -95,7 +95,6 @@ def _curl(script: Path, tmp_path: Path, server: LiveServer) -> list[object]:
     return read_sse(iter(out.split("\n")))
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_text_and_audio(server: LiveServer, tmp_path: Path) -> None:
     events = _curl(EXAMPLES / "curl" / "text_and_audio.sh", tmp_path, server)
     assert events[-1] == "[DONE]"
@@ -109,7 +108,6 @@ def test_curl_text_and_audio(server: LiveServer, tmp_path: Path) -> None:
     assert usage["completion_tokens_details"]["audio_tokens"] > 0
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_thinking_and_multi_turn(server: LiveServer, tmp_path: Path) -> None:
     events = _curl(EXAMPLES / "curl" / "thinking.sh", tmp_path, server)
     role = events[0]["choices"][0]["delta"]  # type: ignore[index]
@@ -126,7 +124,7 @@ NPM = shutil.which("npm")
 @pytest.fixture(scope="module")
 def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if NODE is None or NPM is None:
-        pytest.skip("node and npm are not installed")
+        pytest.fail("node and npm are needed for the Node.js samples: run scripts/bootstrap --dev")
     work = tmp_path_factory.mktemp("node")
     shutil.copy(EXAMPLES / "node" / "package.json", work / "package.json")
     proc = subprocess.run(
