@@ -45,6 +45,26 @@ class SpeechSettings(BaseModel):
     transcript: bool = False
 
 
+class MediaSettings(BaseModel):
+    """Fetching and decoding of image, audio and video input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Hosts (names) or networks (CIDR) a URL may reach although they are not public addresses:
+    # LAN media servers, or 127.0.0.1 in tests. Everything else non-global is refused.
+    allow_hosts: list[str] = Field(default_factory=list)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)  # between two reads
+    total_timeout_s: float = Field(default=60.0, gt=0)  # one URL, redirects included
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    fetch_concurrency: int = Field(default=16, ge=1)  # URLs downloading at once, server-wide
+    request_concurrency: int = Field(default=4, ge=1)  # URLs downloading at once, per request
+    # Decoding threads; memory use grows with this (see docs/media.md).
+    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    user_agent: str = "omniserve"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OMNISERVE_",
@@ -65,6 +85,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
 
     @classmethod
     def settings_customise_sources(
