@@ -103,7 +103,7 @@ class MediaPolicy:
     def audio_tokens(self, seconds: float) -> int:
         if self.audio_encoder == "rate":
             return math.ceil(max(seconds, 1.0) * self.audio_tokens_per_second)
-        mel = max(1, int(round(seconds * 100)))  # 10 ms mel frames
+        mel = max(1, round(seconds * 100))  # 10 ms mel frames
         if self.audio_encoder == "qwen2.5":
             l1 = (mel - 1) // 2 + 1
             return (l1 - 2) // 2 + 1
