@@ -13,6 +13,9 @@ from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import Settings
 from omniserve.engines import make_engine
 from omniserve.engines.base import Engine, EngineEvent, GenerationJob
+from omniserve.media.pipeline import MediaProcessor
+from omniserve.media.policy import MediaPolicy, billing_policy
+from omniserve.media.resolve import Resolver
 from omniserve.protocol.request import parse_chat_request
 from omniserve.protocol.tokens import QwenTokenizer, get_tokenizer
 from omniserve.protocol.validate import RequestValidator, ValidatedRequest
@@ -29,12 +32,16 @@ class ChatService:
         engine: Engine | None = None,
         synthesizer: Synthesizer | None = None,
         tokenizer: QwenTokenizer | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.settings = settings
         catalog = Catalog.default(settings.flash_alias)
         self.catalog = catalog.restricted_to(settings.models) if settings.models else catalog
         self.tokenizer = tokenizer or get_tokenizer(settings.tokenizer_file)
-        self.validator = RequestValidator(self.catalog, self.tokenizer)
+        self.validator = RequestValidator(
+            self.catalog, self.tokenizer, media_enabled=settings.media.enabled
+        )
+        self.media = MediaProcessor(settings.media, resolver=resolver)
         self.engine = engine or make_engine(settings, self.tokenizer)
         self.synthesizer = synthesizer or make_synthesizer(settings.speech)
         self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
@@ -54,6 +61,7 @@ class ChatService:
         self.ready = False
         await self.engine.close()
         await self.synthesizer.close()
+        await self.media.close()
 
     def models(self) -> list[ModelSpec]:
         return list(self.catalog)
@@ -62,16 +70,30 @@ class ChatService:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message."""
         return self.validator.validate(parse_chat_request(body), request_id)
 
-    def events(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
-        """The engine's events, with built-in speech when audio is asked of a silent engine."""
+    def media_policy(self, job: GenerationJob) -> MediaPolicy:
+        """How this job's media are sized and counted: the vendor's billing formulas."""
+        return billing_policy(job.model)
+
+    async def events(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+        """Media decoded, then the engine's events, with built-in speech when audio is asked of
+        a silent engine. Raises ``ApiError`` before the first event for refused media."""
+        if any(m.media for m in job.messages):
+            job = await self.media.process(job, self.media_policy(job))
+            job = self.validator.finalize(job)
         events = self.engine.generate(job)
-        if job.voice is None or self.engine.speaks:
-            return events
-        return speak_along(
-            events,
-            self.synthesizer,
-            job.voice,
-            languages=job.voice.languages,
-            chunk_bytes=self.chunk_bytes,
-            tokens_per_second=job.model.tokens.output_audio_tokens_per_second,
-        )
+        if job.voice is not None and not self.engine.speaks:
+            events = speak_along(
+                events,
+                self.synthesizer,
+                job.voice,
+                languages=job.voice.languages,
+                chunk_bytes=self.chunk_bytes,
+                tokens_per_second=job.model.tokens.output_audio_tokens_per_second,
+            )
+        try:
+            async for event in events:
+                yield event
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -276,14 +276,6 @@ CASES: list[tuple[str, dict[str, Any], int, tuple[str, str], str]] = [
         "is allowed per request.",
     ),
     (
-        "media not enabled yet",
-        chat_body(messages=user(IMAGE, TEXT)),
-        400,
-        BAD_PARAM,
-        "Media input (image, audio and video) is not enabled on this server yet; send text-only "
-        "messages.",
-    ),
-    (
         "max_tokens over flash limit",
         chat_body(max_tokens=16385),
         400,

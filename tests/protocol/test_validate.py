@@ -394,7 +394,7 @@ def test_media_is_refused_when_not_enabled() -> None:
     err = refused(messages=user(IMAGE))
     assert isinstance(err, MediaNotEnabled)
     assert err.status == 400
-    assert "not enabled" in err.message
+    assert "disabled" in err.message
 
 
 def test_media_is_checked_before_being_refused_as_not_enabled() -> None:

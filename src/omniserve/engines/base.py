@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
 from omniserve.catalog import ModelSpec, Voice
+from omniserve.engines.inputs import AudioInput, DecodedMedia, ImageInput, VideoInput
 
 Role = Literal["system", "user", "assistant"]
 Modality = Literal["image", "audio", "video"]
@@ -24,14 +25,25 @@ class MediaItem:
     """One media input of a user message, as the engine receives it.
 
     ``source`` is where it came from (URL, data URL or base64), kept for engines that forward it;
-    ``frames`` counts the images of a frame list. Decoded payloads arrive with the media pipeline.
+    ``frames`` counts the images of a frame list. ``decoded`` is filled by the media pipeline.
     """
 
     modality: Modality
     kind: str  # "image_url" | "input_audio" | "video_url" | "video"
     source: str | tuple[str, ...]
-    tokens: int = 0
     frames: int = 0
+    decoded: DecodedMedia | None = field(default=None, compare=False, repr=False)
+
+    def prompt_tokens(self) -> PromptTokens:
+        """What this item bills: a video file's soundtrack counts as audio."""
+        d = self.decoded
+        if isinstance(d, ImageInput):
+            return PromptTokens(image=d.tokens)
+        if isinstance(d, AudioInput):
+            return PromptTokens(audio=d.tokens)
+        if isinstance(d, VideoInput):
+            return PromptTokens(video=d.tokens, audio=d.audio.tokens if d.audio else 0)
+        return PromptTokens()
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,14 @@ class PromptTokens:
     @property
     def total(self) -> int:
         return self.text + self.image + self.audio + self.video
+
+    def __add__(self, other: PromptTokens) -> PromptTokens:
+        return PromptTokens(
+            self.text + other.text,
+            self.image + other.image,
+            self.audio + other.audio,
+            self.video + other.video,
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict
 
 from omniserve.catalog import Language
 from omniserve.config import EmulatorSettings
@@ -22,11 +21,18 @@ from omniserve.engines.base import (
     Finished,
     FinishReason,
     GenerationJob,
+    MediaItem,
     ReasoningDelta,
     TextDelta,
     Usage,
 )
-from omniserve.engines.emulator_text import Received, compose_answer, compose_reasoning
+from omniserve.engines.emulator_text import (
+    MediaFacts,
+    Received,
+    compose_answer,
+    compose_reasoning,
+)
+from omniserve.engines.inputs import AudioInput, ImageInput, VideoInput
 from omniserve.protocol.tokens import QwenTokenizer
 from omniserve.speech.language import detect_language
 
@@ -38,12 +44,32 @@ def last_user_text(job: GenerationJob) -> str:
     return ""
 
 
+def media_facts(item: MediaItem) -> MediaFacts:
+    d = item.decoded
+    if isinstance(d, ImageInput):
+        return MediaFacts("image", d.tokens, d.source_width, d.source_height)
+    if isinstance(d, AudioInput):
+        return MediaFacts("audio", d.tokens, seconds=d.seconds)
+    if isinstance(d, VideoInput):
+        return MediaFacts(
+            "frames" if d.format == "frames" else "video",
+            d.tokens,
+            d.source_width,
+            d.source_height,
+            seconds=d.seconds,
+            frames=d.frame_count,
+            audio_tokens=d.audio.tokens if d.audio else 0,
+        )
+    return MediaFacts(item.modality, 0, frames=item.frames)
+
+
 def received_from(job: GenerationJob) -> Received:
     roles = [m.role for m in job.messages]
     inputs: dict[str, int] = {}
     for message in job.messages:
         for item in message.media:
             inputs[item.modality] = inputs.get(item.modality, 0) + 1
+    media = tuple(media_facts(i) for m in job.messages for i in m.media)
     return Received(
         model=job.model_name,
         messages=len(roles),
@@ -57,6 +83,7 @@ def received_from(job: GenerationJob) -> Received:
         system_ignored=job.audio_output
         and not job.model.system_prompt_with_audio
         and "system" in roles,
+        media=media,
     )
 
 
@@ -64,13 +91,21 @@ def request_digest(job: GenerationJob) -> int:
     """A stable number from the normalized request and the seed; ids and timing excluded."""
     normalized = {
         "model": job.model_name,
-        "messages": [[m.role, m.text, [asdict(i) for i in m.media]] for m in job.messages],
+        "messages": [
+            [m.role, m.text, [[i.kind, _source_digest(i.source)] for i in m.media]]
+            for m in job.messages
+        ],
         "voice": job.voice.name if job.voice else None,
         "thinking": job.thinking,
         "seed": job.sampling.seed,
     }
     blob = json.dumps(normalized, sort_keys=True, ensure_ascii=False).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
+
+
+def _source_digest(source: str | tuple[str, ...]) -> str:
+    parts = (source,) if isinstance(source, str) else source
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class EmulatorEngine:

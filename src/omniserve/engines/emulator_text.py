@@ -12,6 +12,19 @@ from omniserve.catalog import Language
 
 
 @dataclass(frozen=True)
+class MediaFacts:
+    """One decoded media item as the reply describes it."""
+
+    modality: str  # "image" | "audio" | "video" | "frames"
+    tokens: int
+    width: int = 0  # the source's size
+    height: int = 0
+    seconds: float = 0.0
+    frames: int = 0
+    audio_tokens: int = 0  # a video file's soundtrack
+
+
+@dataclass(frozen=True)
 class Received:
     """The facts a reply reports."""
 
@@ -25,6 +38,7 @@ class Received:
     last_user_text: str
     voice: str | None
     system_ignored: bool
+    media: tuple[MediaFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,12 @@ class Phrases:
     system_ignored: str  # {model}
     closings: tuple[str, ...]
     reasoning: tuple[str, ...]  # {excerpt} {messages} {tokens}
+    # One sentence per media item: {n} {width} {height} {seconds} {frames} {tokens} {audio}
+    image_item: str = "Image {n}: {width}x{height} pixels, {tokens} tokens."
+    audio_item: str = "Audio {n}: {seconds} seconds, {tokens} tokens."
+    video_item: str = "Video {n}: {seconds} seconds, {frames} frames, {tokens} tokens."
+    frames_item: str = "Video {n}: a list of {frames} images, {tokens} tokens."
+    soundtrack: str = "Its sound: {audio} audio tokens."
     quote: tuple[str, str] = ("\u201c", "\u201d")
     sep: str = " "
 
@@ -74,6 +94,11 @@ PHRASES: dict[Language, Phrases] = {
         quote=('"', '"'),
     ),
     Language.ZH: Phrases(
+        image_item="图片 {n}：{width}×{height} 像素，{tokens} 个 token。",
+        audio_item="音频 {n}：{seconds} 秒，{tokens} 个 token。",
+        video_item="视频 {n}：{seconds} 秒，抽取 {frames} 帧，{tokens} 个 token。",
+        frames_item="视频 {n}：由 {frames} 张图片组成，{tokens} 个 token。",
+        soundtrack="其中的声音：{audio} 个音频 token。",
         greeting="你好！",
         intro="这里是 omniserve 的离线模拟引擎，正在代替 {model} 回答。",
         received=(
@@ -100,6 +125,11 @@ PHRASES: dict[Language, Phrases] = {
         sep="",
     ),
     Language.FR: Phrases(
+        image_item="Image {n} : {width}x{height} pixels, {tokens} jetons.",
+        audio_item="Audio {n} : {seconds} secondes, {tokens} jetons.",
+        video_item="Vidéo {n} : {seconds} secondes, {frames} images, {tokens} jetons.",
+        frames_item="Vidéo {n} : une liste de {frames} images, {tokens} jetons.",
+        soundtrack="Son : {audio} jetons audio.",
         greeting="Bonjour !",
         intro="Ici l'émulateur hors ligne d'omniserve, qui répond à la place de {model}.",
         received=(
@@ -126,6 +156,11 @@ PHRASES: dict[Language, Phrases] = {
         quote=("« ", " »"),
     ),
     Language.DE: Phrases(
+        image_item="Bild {n}: {width}x{height} Pixel, {tokens} Token.",
+        audio_item="Audio {n}: {seconds} Sekunden, {tokens} Token.",
+        video_item="Video {n}: {seconds} Sekunden, {frames} Bilder, {tokens} Token.",
+        frames_item="Video {n}: eine Liste von {frames} Bildern, {tokens} Token.",
+        soundtrack="Ton: {audio} Audio-Token.",
         greeting="Hallo!",
         intro="Hier spricht der Offline-Emulator von omniserve anstelle von {model}.",
         received=(
@@ -152,6 +187,11 @@ PHRASES: dict[Language, Phrases] = {
         quote=("„", "“"),
     ),
     Language.RU: Phrases(
+        image_item="Изображение {n}: {width}x{height} пикселей, токенов: {tokens}.",
+        audio_item="Аудио {n}: {seconds} с, токенов: {tokens}.",
+        video_item="Видео {n}: {seconds} с, кадров: {frames}, токенов: {tokens}.",
+        frames_item="Видео {n}: список из {frames} изображений, токенов: {tokens}.",
+        soundtrack="Звук: аудиотокенов {audio}.",
         greeting="Здравствуйте!",
         intro="Это офлайн-эмулятор omniserve, он отвечает вместо {model}.",
         received=(
@@ -180,6 +220,11 @@ PHRASES: dict[Language, Phrases] = {
         quote=("«", "»"),
     ),
     Language.IT: Phrases(
+        image_item="Immagine {n}: {width}x{height} pixel, {tokens} token.",
+        audio_item="Audio {n}: {seconds} secondi, {tokens} token.",
+        video_item="Video {n}: {seconds} secondi, {frames} fotogrammi, {tokens} token.",
+        frames_item="Video {n}: una lista di {frames} immagini, {tokens} token.",
+        soundtrack="Audio della traccia: {audio} token audio.",
         greeting="Ciao!",
         intro="Sono l'emulatore offline di omniserve e rispondo al posto di {model}.",
         received=(
@@ -206,6 +251,11 @@ PHRASES: dict[Language, Phrases] = {
         quote=("«", "»"),
     ),
     Language.ES: Phrases(
+        image_item="Imagen {n}: {width}x{height} píxeles, {tokens} tokens.",
+        audio_item="Audio {n}: {seconds} segundos, {tokens} tokens.",
+        video_item="Vídeo {n}: {seconds} segundos, {frames} fotogramas, {tokens} tokens.",
+        frames_item="Vídeo {n}: una lista de {frames} imágenes, {tokens} tokens.",
+        soundtrack="Su sonido: {audio} tokens de audio.",
         greeting="¡Hola!",
         intro="Soy el emulador sin conexión de omniserve y respondo en lugar de {model}.",
         received=(
@@ -233,6 +283,11 @@ PHRASES: dict[Language, Phrases] = {
         quote=("«", "»"),
     ),
     Language.PT: Phrases(
+        image_item="Imagem {n}: {width}x{height} pixels, {tokens} tokens.",
+        audio_item="Áudio {n}: {seconds} segundos, {tokens} tokens.",
+        video_item="Vídeo {n}: {seconds} segundos, {frames} quadros, {tokens} tokens.",
+        frames_item="Vídeo {n}: uma lista de {frames} imagens, {tokens} tokens.",
+        soundtrack="Seu som: {audio} tokens de áudio.",
         greeting="Olá!",
         intro="Aqui é o emulador offline do omniserve, respondendo no lugar de {model}.",
         received=(
@@ -259,6 +314,11 @@ PHRASES: dict[Language, Phrases] = {
         ),
     ),
     Language.JA: Phrases(
+        image_item="画像 {n}：{width}×{height} ピクセル、{tokens} トークン。",
+        audio_item="音声 {n}：{seconds} 秒、{tokens} トークン。",
+        video_item="動画 {n}：{seconds} 秒、{frames} フレーム、{tokens} トークン。",
+        frames_item="動画 {n}：{frames} 枚の画像のリスト、{tokens} トークン。",
+        soundtrack="その音声：{audio} 音声トークン。",
         greeting="こんにちは！",
         intro="こちらは omniserve のオフラインエミュレーターで、{model} の代わりに応答しています。",
         received=(
@@ -286,6 +346,11 @@ PHRASES: dict[Language, Phrases] = {
         sep="",
     ),
     Language.KO: Phrases(
+        image_item="이미지 {n}: {width}×{height} 픽셀, 토큰 {tokens}개.",
+        audio_item="오디오 {n}: {seconds}초, 토큰 {tokens}개.",
+        video_item="동영상 {n}: {seconds}초, 프레임 {frames}개, 토큰 {tokens}개.",
+        frames_item="동영상 {n}: 이미지 {frames}장 목록, 토큰 {tokens}개.",
+        soundtrack="소리: 오디오 토큰 {audio}개.",
         greeting="안녕하세요!",
         intro="omniserve의 오프라인 에뮬레이터가 {model} 대신 답하고 있습니다.",
         received=(
@@ -351,6 +416,7 @@ def compose_answer(received: Received, language: Language, closing: int) -> str:
         else p.inputs_text_only,
         p.tokens.format(tokens=received.prompt_tokens),
     ]
+    sentences.extend(_media_sentences(received.media, p))
     if received.last_user_text.strip():
         sentences.append(p.last.format(excerpt=excerpt(received.last_user_text, p)))
     if received.voice:
@@ -359,6 +425,26 @@ def compose_answer(received: Received, language: Language, closing: int) -> str:
         sentences.append(p.system_ignored.format(model=received.model))
     sentences.append(p.closings[closing % len(p.closings)])
     return p.sep.join(sentences)
+
+
+def _media_sentences(media: tuple[MediaFacts, ...], p: Phrases) -> list[str]:
+    out = []
+    for n, m in enumerate(media, start=1):
+        template = {"image": p.image_item, "audio": p.audio_item, "video": p.video_item,
+                    "frames": p.frames_item}[m.modality]  # fmt: skip
+        out.append(
+            template.format(
+                n=n,
+                width=m.width,
+                height=m.height,
+                seconds=f"{m.seconds:.1f}",
+                frames=m.frames,
+                tokens=m.tokens,
+            )
+        )
+        if m.audio_tokens:
+            out.append(p.soundtrack.format(audio=m.audio_tokens))
+    return out
 
 
 def compose_reasoning(received: Received, language: Language) -> str:

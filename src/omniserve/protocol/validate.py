@@ -6,9 +6,8 @@ code and message. Limits come from the catalog only.
 
 from __future__ import annotations
 
-import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from omniserve.catalog import Catalog, ModelSpec, Voice
@@ -22,6 +21,7 @@ from omniserve.engines.base import (
     SamplingParams,
 )
 from omniserve.errors import InvalidMedia, InvalidParameter, MediaNotEnabled, StreamRequired
+from omniserve.media.sources import BARE_BASE64, DATA_URL, INVALID_URL
 from omniserve.protocol.request import ChatRequest, ContentPart, Message
 from omniserve.protocol.tokens import QwenTokenizer
 
@@ -33,12 +33,6 @@ _PART_MODALITY: dict[str, Modality] = {
     "video": "video",
 }
 AUDIO_FORMATS = ("wav", "pcm16")
-INVALID_URL = (
-    "<400> InternalError.Algo.InvalidParameter: The provided URL does not appear to be valid. "
-    "Ensure it is correctly formatted."
-)
-_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[^;,]*)*);base64,", re.I)
-_BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 _SEED_MAX = 2**31 - 1
 
 
@@ -94,7 +88,7 @@ class RequestValidator:
         self._media_counts(messages, model)
         if not self.media_enabled and any(m.media for m in messages):
             raise MediaNotEnabled(
-                "Media input (image, audio and video) is not enabled on this server yet; "
+                "Media input (image, audio and video) is disabled on this server; "
                 "send text-only messages."
             )
         limits = model.mode_limits(thinking)
@@ -106,10 +100,7 @@ class RequestValidator:
         budget = self._thinking_budget(req, model, thinking)
         sampling = self._sampling(req)
         prompt = self._prompt_tokens(messages, model, audio_out)
-        if not 1 <= prompt.total <= limits.max_input:
-            raise InvalidParameter(
-                f"Range of input length should be [1, {limits.max_input}]", param="messages"
-            )
+        self._check_input_length(prompt, limits.max_input)  # text alone; media come later
         job = GenerationJob(
             request_id=request_id or new_request_id(),
             model_name=req.model,
@@ -312,8 +303,8 @@ class RequestValidator:
             if parts.hostname:
                 return
             raise InvalidMedia(INVALID_URL)
-        match = _DATA_URL.match(s)
-        if not match and not (bare_base64 and s and _BASE64.match(s[:4096])):
+        match = DATA_URL.match(s)
+        if not match and not (bare_base64 and s and BARE_BASE64.match(s[:4096])):
             raise InvalidMedia(INVALID_URL)
         # The vendor caps the data URI itself, base64 and all (a raw file under about 7 MB).
         if len(s) > cap:
@@ -343,16 +334,27 @@ class RequestValidator:
                 f"at most {model.media.video_per_request} video file is allowed per request."
             )
 
+    def finalize(self, job: GenerationJob) -> GenerationJob:
+        """The job with its decoded media counted, once more within the input limit."""
+        prompt = self._prompt_tokens(job.messages, job.model, job.audio_output)
+        self._check_input_length(prompt, job.model.mode_limits(job.thinking).max_input)
+        return replace(job, prompt_tokens=prompt)
+
+    @staticmethod
+    def _check_input_length(prompt: PromptTokens, max_input: int) -> None:
+        if not 1 <= prompt.total <= max_input:
+            raise InvalidParameter(
+                f"Range of input length should be [1, {max_input}]", param="messages"
+            )
+
     def _prompt_tokens(
         self, messages: tuple[ChatMessage, ...], model: ModelSpec, audio_out: bool
     ) -> PromptTokens:
         text = self.tokenizer.count_chat((m.role, m.text) for m in messages)
         if audio_out:
             text += model.tokens.audio_output_prompt_tokens
-        media = [i for m in messages for i in m.media]
-        return PromptTokens(
-            text=text,
-            image=sum(i.tokens for i in media if i.modality == "image"),
-            audio=sum(i.tokens for i in media if i.modality == "audio"),
-            video=sum(i.tokens for i in media if i.modality == "video"),
-        )
+        total = PromptTokens(text=text)
+        for message in messages:
+            for item in message.media:
+                total = total + item.prompt_tokens()
+        return total

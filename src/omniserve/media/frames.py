@@ -1,0 +1,54 @@
+"""A ``video`` given as a list of frames: images decoded to one shared size, billed as video.
+
+The open models take frames in pairs, so an odd list is padded by repeating its last frame; the
+vendor bills frame lists like video, from the padded count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from omniserve.catalog import MediaLimits
+from omniserve.engines.inputs import VideoInput
+from omniserve.errors import InvalidMedia
+from omniserve.media.image import decode_image
+from omniserve.media.policy import MediaPolicy
+
+
+def decode_frames(frames: Sequence[bytes], policy: MediaPolicy, limits: MediaLimits) -> VideoInput:
+    """Decode every frame to the size the first one sets; raises ``InvalidMedia``.
+
+    Synchronous and CPU-bound: run it in a worker thread.
+    """
+    lo, hi = limits.frames_min, limits.frames_max
+    if not lo <= len(frames) <= hi:
+        raise InvalidMedia(
+            "The video modality input does not meet the requirements because: "
+            f"the range of sequence images shoule be ({lo}, {hi})."
+        )
+    count = len(frames) + len(frames) % 2
+
+    # The first frame's displayed size sets the frame size for the whole list.
+    first = decode_image(
+        frames[0], policy, limits, size=lambda h, w: policy.frame_size(h, w, count)
+    )
+    height, width = first.height, first.width
+    out = np.empty((count, height, width, 3), dtype=np.uint8)
+    out[0] = first.pixels
+    for i, data in enumerate(frames[1:], start=1):
+        out[i] = decode_image(data, policy, limits, size=(height, width)).pixels
+    if count > len(frames):
+        out[-1] = out[len(frames) - 1]
+    return VideoInput(
+        frames=out,
+        fps=policy.video_fps,
+        seconds=count / policy.video_fps,
+        width=width,
+        height=height,
+        source_width=first.source_width,
+        source_height=first.source_height,
+        format="frames",
+        tokens=policy.video_tokens(count, height, width),
+    )

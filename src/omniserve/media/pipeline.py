@@ -1,0 +1,110 @@
+"""A request's media, fetched and decoded once, concurrently, off the event loop.
+
+Every media part of a validated job is fetched through the one safe fetcher (bounded per request
+and server-wide), decoded and preprocessed in a worker pool sized to the machine, and attached
+to the job as engine-ready input with its token count. The first failure refuses the request
+and cancels the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TypeVar
+
+from omniserve.catalog import MediaLimits
+from omniserve.config import MediaSettings
+from omniserve.engines.base import ChatMessage, GenerationJob, MediaItem
+from omniserve.engines.inputs import DecodedMedia
+from omniserve.errors import ApiError
+from omniserve.media.audio import decode_audio
+from omniserve.media.fetch import MediaFetcher
+from omniserve.media.frames import decode_frames
+from omniserve.media.image import decode_image
+from omniserve.media.policy import MediaPolicy
+from omniserve.media.resolve import Resolver
+from omniserve.media.video import decode_video
+
+T = TypeVar("T")
+
+
+def _first_api_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The client's error among a task group's failures (the others were cancelled for it)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_api_error(exc)
+        if isinstance(exc, ApiError):
+            return exc
+    return group
+
+
+class MediaProcessor:
+    def __init__(self, settings: MediaSettings, *, resolver: Resolver | None = None) -> None:
+        self.settings = settings
+        self.fetcher = MediaFetcher(settings, resolver=resolver)
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="omniserve-media"
+        )
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def process(self, job: GenerationJob, policy: MediaPolicy) -> GenerationJob:
+        """``job`` with every media item decoded; raises ``InvalidMedia`` on the first failure."""
+        items = [(i, j) for i, m in enumerate(job.messages) for j in range(len(m.media))]
+        if not items:
+            return job
+        gate = asyncio.Semaphore(self.settings.request_concurrency)
+        limits = job.model.media
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {
+                    (i, j): group.create_task(
+                        self._item(job.messages[i].media[j], policy, limits, gate)
+                    )
+                    for i, j in items
+                }
+        except BaseExceptionGroup as group_error:
+            raise _first_api_error(group_error) from None
+        messages = list(job.messages)
+        for i, message in enumerate(job.messages):
+            if message.media:
+                media = tuple(
+                    replace(item, decoded=tasks[(i, j)].result())
+                    for j, item in enumerate(message.media)
+                )
+                messages[i] = ChatMessage(role=message.role, text=message.text, media=media)
+        return replace(job, messages=tuple(messages))
+
+    async def _item(
+        self, item: MediaItem, policy: MediaPolicy, limits: MediaLimits, gate: asyncio.Semaphore
+    ) -> DecodedMedia:
+        if item.kind == "video":
+            assert isinstance(item.source, tuple)
+            frames = await asyncio.gather(
+                *(self._fetch(url, limits.image_max_bytes, gate) for url in item.source)
+            )
+            return await self._run(decode_frames, frames, policy, limits)
+        assert isinstance(item.source, str)
+        if item.kind == "image_url":
+            data = await self._fetch(item.source, limits.image_max_bytes, gate)
+            return await self._run(decode_image, data, policy, limits)
+        if item.kind == "input_audio":
+            data = await self._fetch(item.source, limits.audio_max_bytes, gate, bare_base64=True)
+            return await self._run(decode_audio, data, policy, limits)
+        data = await self._fetch(item.source, limits.video_max_bytes, gate)
+        return await self._run(decode_video, data, policy, limits)
+
+    async def _fetch(
+        self, source: str, max_bytes: int, gate: asyncio.Semaphore, *, bare_base64: bool = False
+    ) -> bytes:
+        async with gate:
+            return await self.fetcher.fetch(source, max_bytes=max_bytes, bare_base64=bare_base64)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
