@@ -15,6 +15,7 @@ import uvicorn
 from omniserve.api.app import create_app
 from omniserve.config import Settings, load_settings
 from omniserve.engines.base import Engine
+from omniserve.media.resolve import Resolver
 from omniserve.service import ChatService
 
 
@@ -36,10 +37,13 @@ def fast_settings(**overrides: Any) -> Settings:
 
 @contextmanager
 def live_server(
-    settings: Settings | None = None, *, engine: Engine | None = None
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    resolver: Resolver | None = None,
 ) -> Iterator[LiveServer]:
     """Run the app on an ephemeral port in a thread; stop it on exit."""
-    service = ChatService(settings or fast_settings(), engine=engine)
+    service = ChatService(settings or fast_settings(), engine=engine, resolver=resolver)
     config = uvicorn.Config(
         create_app(service=service),
         host="127.0.0.1",

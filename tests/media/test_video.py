@@ -32,9 +32,11 @@ def decode(
     data: bytes,
     policy: MediaPolicy = FLASH_POLICY,
     limits: MediaLimits = FLASH.media,
-    **kwargs: object,
+    *,
+    with_audio: bool = True,
+    stats: dict[str, int] | None = None,
 ) -> VideoInput:
-    return decode_video(data, policy, limits, **kwargs)  # type: ignore[arg-type]
+    return decode_video(data, policy, limits, with_audio=with_audio, stats=stats)
 
 
 def refused(
@@ -48,7 +50,7 @@ def refused(
 
 def all_frames(data: bytes, h: int, w: int) -> list[np.ndarray]:
     """Every frame, decoded in order and scaled like the sampler scales them: the reference."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         return [
             f.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
             for f in container.decode(video=0)

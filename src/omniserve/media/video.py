@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -244,7 +245,7 @@ class _Reader:
             if first is None or self._last_pts is None:
                 return None
             self._origin = self._last_pts
-            self._frames = _chain(first, self._frames)
+            self._frames = itertools.chain((first,), self._frames)
         target = self._origin + offset - self.tolerance
         self._goal = target
         if self.last is not None and self._last_pts is not None and self._last_pts >= target:
@@ -293,7 +294,7 @@ class _Reader:
         if here is not None and self._last_pts is not None and self._last_pts <= here:
             # Landed behind where decoding already was: keyframes are sparser than assumed.
             self._min_jump = max(2 * self._min_jump, target - here)
-        self._frames = _chain(first, self._frames)
+        self._frames = itertools.chain((first,), self._frames)
 
     def _seek_to(self, goal: int) -> VideoFrame | None:
         """Seek to the keyframe before ``goal``; the first frame decoded there, if any."""
@@ -337,11 +338,6 @@ class _Reader:
             if self._last_key is not None and pts > self._last_key:
                 self._min_jump = max(self._min_jump, pts - self._last_key)
             self._last_key = pts
-
-
-def _chain(first: VideoFrame, rest: Iterator[VideoFrame]) -> Iterator[VideoFrame]:
-    yield first
-    yield from rest
 
 
 def _with_soundtrack(
