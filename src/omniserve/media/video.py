@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -66,11 +68,17 @@ def decode_video(
     """
     if len(data) > limits.video_max_bytes:
         raise InvalidMedia(TOO_LARGE)
+    # The soundtrack decodes on its own thread while frames are sampled (PyAV releases the GIL).
+    soundtrack = _SOUNDTRACKS.submit(_soundtrack, data, policy, limits) if with_audio else None
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             video = _sample(container, data, policy, limits, stats)
-        if with_audio:
-            video = _with_soundtrack(video, data, policy, limits)
+        if soundtrack is not None:
+            audio = soundtrack.result()
+            if audio is not None:
+                video = dataclasses.replace(
+                    video, audio=dataclasses.replace(audio, format=video.format)
+                )
     except InvalidMedia:
         raise
     except av.error.FFmpegError as exc:  # its MemoryError too: FFmpeg's ENOMEM means bad sizes
@@ -340,19 +348,21 @@ class _Reader:
             self._last_key = pts
 
 
-def _with_soundtrack(
-    video: VideoInput, data: bytes, policy: MediaPolicy, limits: MediaLimits
-) -> VideoInput:
-    """``video`` with its first audio stream at 16 kHz mono attached (silence still counts)."""
+def _soundtrack(data: bytes, policy: MediaPolicy, limits: MediaLimits) -> AudioInput | None:
+    """The first audio stream at 16 kHz mono (silence still counts), or ``None``."""
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         if not container.streams.audio:
-            return video
+            return None
         stream = container.streams.audio[0]
         samples = _decode_stream_to_16k(
             container, stream, limits.video_max_seconds, too_long=TOO_LONG, illegal=UNDECODABLE
         )
     if samples.size == 0:
-        return video
+        return None
     seconds = samples.size / AUDIO_INPUT_RATE
-    audio = AudioInput(samples, seconds, video.format, tokens=policy.audio_tokens(seconds))
-    return dataclasses.replace(video, audio=audio)
+    return AudioInput(samples, seconds, "", tokens=policy.audio_tokens(seconds))
+
+
+_SOUNDTRACKS = ThreadPoolExecutor(
+    max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="omniserve-soundtrack"
+)
