@@ -395,3 +395,58 @@ def test_damaged_files_are_decoded_or_refused_never_crash(fmt: str) -> None:
             assert exc.status == 400
         else:
             assert out.pixels.shape == (out.height, out.width, 3)
+
+
+# -- large full-scale JPEGs go through FFmpeg -----------------------------------------------------
+
+OPEN_25 = open_policy("qwen2.5-omni")
+
+
+def photo(w: int, h: int) -> Image.Image:
+    """Smooth gradients with mild noise: a photo-like picture whose resize is well defined."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1)
+    grain = np.random.default_rng(1).integers(0, 12, (h, w, 3))
+    return Image.fromarray((base + grain).clip(0, 255).astype(np.uint8))
+
+
+def pillow_reference(data: bytes, target: tuple[int, int]) -> np.ndarray[Any, Any]:
+    with Image.open(BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB").resize(target, Image.Resampling.BICUBIC))
+
+
+def test_large_full_scale_jpeg_takes_the_ffmpeg_path() -> None:
+    data = encode(photo(2400, 1800), "JPEG", quality=92)
+    with Image.open(BytesIO(data)) as img:
+        assert image._ffmpeg_jpeg(data, img, OPEN_25.image_size) is not None
+    out = decode_image(data, OPEN_25, LIMITS)
+    assert (out.width, out.height) == (2408, 1792)
+    assert out.tokens == OPEN_25.image_tokens(1792, 2408)
+    assert out.pixels.flags.writeable and out.pixels.flags.c_contiguous
+    diff = np.abs(out.pixels.astype(int) - pillow_reference(data, (2408, 1792)))
+    assert diff.mean() < 1.5  # chroma upsampling differs by a level or two, no more
+
+
+def test_small_or_reducible_jpegs_stay_with_pillow() -> None:
+    small = encode(photo(1000, 800), "JPEG")
+    with Image.open(BytesIO(small)) as img:
+        assert image._ffmpeg_jpeg(small, img, OPEN_25.image_size) is None
+    big = encode(photo(4000, 3000), "JPEG")
+    with Image.open(BytesIO(big)) as img:  # flash's budget: Pillow's draft decodes at 1/2
+        assert image._ffmpeg_jpeg(big, img, FLASH.image_size) is None
+
+
+def test_ffmpeg_path_applies_exif_orientation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(halves(2400, 1800, (255, 0, 0), (0, 0, 255)), "JPEG", exif=exif.tobytes())
+    out = decode_image(data, OPEN_25, LIMITS)
+    assert (out.width, out.height) == (1792, 2408)  # shown upright: tall
+    top, bottom = out.pixels[10, out.width // 2], out.pixels[-10, out.width // 2]
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_ffmpeg_path_refuses_a_truncated_jpeg() -> None:
+    data = encode(photo(2400, 1800), "JPEG")
+    assert refused(data[: len(data) // 2], policy=OPEN_25) == DECODE_MESSAGE

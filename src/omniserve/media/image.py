@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from functools import cache
 from io import BytesIO
 from types import ModuleType
+from typing import Any
 
+import av
 import numpy as np
 from PIL import (
     BmpImagePlugin,
@@ -115,9 +117,13 @@ def _rule(size: tuple[int, int] | SizeRule | None, policy: MediaPolicy) -> SizeR
 def _decode(data: bytes, policy: MediaPolicy, limits: MediaLimits, rule: SizeRule) -> ImageInput:
     with _open(data) as img:
         _check_header(img.size, img.format or "", limits)
-        plan = _load(img, rule)
-        rgb = _to_rgb(img, plan)
-    pixels = np.array(rgb, dtype=np.uint8)  # a writable copy: engines may normalise in place
+        fast = _ffmpeg_jpeg(data, img, rule)
+        if fast is not None:
+            plan, pixels = fast
+        else:
+            plan = _load(img, rule)
+            pixels = np.array(_to_rgb(img, plan), dtype=np.uint8)  # writable: engines may
+            # normalise in place
     width, height = plan.target
     return ImageInput(
         pixels=pixels,
@@ -128,6 +134,38 @@ def _decode(data: bytes, policy: MediaPolicy, limits: MediaLimits, rule: SizeRul
         format=img.format or "",
         tokens=policy.image_tokens(height, width),
     )
+
+
+# From this many pixels on, a JPEG that cannot be decoded at a reduced scale goes through
+# FFmpeg: its decoder hands planar YUV to swscale, which converts and resizes in one pass
+# (a 12 MP photo: 141 ms against Pillow's 337 ms; pixels within a level or two of Pillow's).
+_FFMPEG_JPEG_MIN_PIXELS = 2_000_000
+
+
+def _ffmpeg_jpeg(
+    data: bytes, img: Image.Image, rule: SizeRule
+) -> tuple[_Plan, np.ndarray[Any, np.dtype[np.uint8]]] | None:
+    """The resized pixels of a large full-scale JPEG, or ``None`` to let Pillow decode it."""
+    w, h = img.size
+    if img.format != "JPEG" or img.mode not in ("RGB", "L") or w * h < _FFMPEG_JPEG_MIN_PIXELS:
+        return None
+    plan = _plan(img, rule)
+    tw, th = plan.stored_target
+    if tw * 2 <= w and th * 2 <= h:
+        return None  # Pillow's draft decodes at 1/2 or less: cheaper still
+    try:
+        with av.open(BytesIO(data), mode="r", format="jpeg_pipe") as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"err_detect": "explode"}  # truncation is an error
+            frame = next(container.decode(stream))
+            rgb = frame.reformat(width=tw, height=th, format="rgb24", interpolation="BICUBIC")
+            pixels = rgb.to_ndarray()
+    except Exception:
+        return None  # Pillow decodes it, or names what is wrong with it
+    if plan.orientation != 1:
+        turned = Image.fromarray(pixels).transpose(_TRANSPOSE[plan.orientation])
+        pixels = np.array(turned, dtype=np.uint8)
+    return plan, np.ascontiguousarray(pixels)
 
 
 def _open(data: bytes) -> Image.Image:
