@@ -1,7 +1,7 @@
 """Decoding the largest inputs the catalog allows stays within the bounds docs/media.md states.
 
-Each decode runs in a fresh interpreter; the peak resident memory above the baseline (after
-imports and reading the file) is read from /proc, as bench/media_memory.py does.
+Each decode runs in a fresh interpreter, with bench/media_memory.py's own measuring code: the
+peak resident memory above the baseline (after imports and reading the file), from /proc.
 """
 
 from __future__ import annotations
@@ -15,28 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CHILD = r"""
-import json, sys
-from pathlib import Path
-from omniserve.catalog import Catalog
-from omniserve.media.audio import decode_audio
-from omniserve.media.image import decode_image
-from omniserve.media.policy import billing_policy
-from omniserve.media.video import decode_video
-
-def status_mb(key):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-kind, path = sys.argv[1], sys.argv[2]
-model = Catalog.default().get("qwen3-omni-flash")
-data = Path(path).read_bytes()
-Path("/proc/self/clear_refs").write_text("5")
-base = status_mb("VmRSS")
-fn = {"image": decode_image, "audio": decode_audio, "video": decode_video}[kind]
-out = fn(data, billing_policy(model), model.media)
-print(json.dumps({"peak": status_mb("VmHWM") - base, "tokens": out.tokens}))
-"""
+from bench.media_memory import CHILD
 
 # Documented per-decode bounds (docs/media.md), about 1.4x what was measured.
 BOUNDS_MB = {"image": 400, "audio": 230, "video": 230}
@@ -51,7 +30,7 @@ def ffmpeg(out: Path, *args: str) -> Path:
 def peak_mb(kind: str, path: Path) -> float:
     out = subprocess.run([sys.executable, "-c", CHILD, kind, str(path)], check=True,
                          capture_output=True, text=True, timeout=300).stdout  # fmt: skip
-    return float(json.loads(out)["peak"])
+    return float(json.loads(out)["decode_mb"])
 
 
 @pytest.mark.timeout(300)
