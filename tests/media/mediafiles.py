@@ -63,7 +63,7 @@ class MediaFiles:
 
     def __init__(self, root: Path) -> None:
         if FFMPEG is None:
-            pytest.skip("the ffmpeg CLI is not installed")
+            pytest.fail("the ffmpeg CLI is missing: run scripts/bootstrap --dev")
         self.root = root
 
     def make(self, name: str, build: Callable[[Path], None]) -> bytes:
@@ -93,7 +93,7 @@ class MediaFiles:
     def speech_wav(self, seconds: float) -> Path:
         """espeak-ng speech, padded or cut to exactly ``seconds``, 48 kHz stereo WAV."""
         if ESPEAK is None:
-            pytest.skip("espeak-ng is not installed")
+            pytest.fail("espeak-ng is missing: run scripts/bootstrap --dev")
         raw = self.root / "espeak.wav"
         if not raw.exists():
             subprocess.run([ESPEAK, "-w", str(raw), SPEECH], check=True, timeout=60)
