@@ -7,6 +7,7 @@ import io
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -324,3 +325,42 @@ def test_fixture_sizes(fixtures: dict[str, tuple[bytes, str]]) -> None:
     """The fixtures are what the token assertions assume."""
     assert Image.open(io.BytesIO(fixtures["/dog_and_girl.jpeg"][0])).size == (1280, 720)
     assert Image.open(io.BytesIO(fixtures["/eagle.png"][0])).size == (640, 480)
+
+
+def test_decoding_runs_off_the_event_loop(omni: LiveServer) -> None:
+    """A 64 MP PNG decodes in a worker while text requests are served to the end."""
+    import numpy as np
+
+    side = 8000
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (side, 1)), np.tile(ramp, (side, 1)).T,
+                       np.full((side, side), 128, np.uint8)], axis=-1)  # fmt: skip
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+    heavy = {
+        "model": "qwen3-omni-flash",
+        "stream": True,
+        "messages": user({"type": "image_url", "image_url": {"url": url}}, "?"),
+    }
+    finished: list[str] = []
+
+    def decode() -> None:
+        r = post(omni, heavy)
+        assert r.status_code == 200
+        finished.append("image")
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    time.sleep(0.3)  # the decode (over a second) is under way
+    for _ in range(3):
+        body = {
+            "model": "qwen3-omni-flash",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hello"}],
+        }
+        with httpx.stream("POST", f"{omni.api}/chat/completions", json=body) as r:
+            assert r.read().endswith(b"data: [DONE]\n\n")
+        finished.append("text")
+    thread.join(60)
+    assert finished == ["text", "text", "text", "image"]

@@ -575,3 +575,31 @@ def test_good_files_of_every_format_still_pass(
         with httpx.stream("POST", f"{server.api}/chat/completions", json=body, timeout=30) as r:
             assert r.status_code == 200, (part["type"], r.read())
             assert r.read().endswith(b"data: [DONE]\n\n")
+
+
+def test_a_slow_url_does_not_stall_other_requests(env: dict[str, Any]) -> None:
+    """While one request waits on a trickling server, others are served to the end."""
+    server: LiveServer = env["server"]
+    slow_body = {"model": "qwen3-omni-flash", "stream": True, "messages": [{"role": "user",
+                 "content": [{"type": "image_url", "image_url": {"url": env["trickle"]}},
+                             {"type": "text", "text": "?"}]}]}  # fmt: skip
+    finished: list[str] = []
+
+    def slow() -> None:
+        httpx.post(f"{server.api}/chat/completions", json=slow_body, timeout=30)
+        finished.append("slow")
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.2)  # the slow request is now waiting on the trickler
+    for _ in range(3):
+        body = {
+            "model": "qwen3-omni-flash",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hello"}],
+        }
+        with httpx.stream("POST", f"{server.api}/chat/completions", json=body) as r:
+            assert r.read().endswith(b"data: [DONE]\n\n")
+        finished.append("fast")
+    thread.join(30)
+    assert finished == ["fast", "fast", "fast", "slow"]
