@@ -223,7 +223,7 @@ def test_video_file_sample_bills_video_and_audio(omni: LiveServer, media: FileSe
     for model, audio_tokens in (("qwen3-omni-flash", 125), ("qwen-omni-turbo", 250)):
         text, usage = collect(omni, model=model, messages=user(part, "视频的内容是什么?"))
         details = usage["prompt_tokens_details"]
-        assert details["video_tokens"] == 7202  # 20 frames of 720p, REFERENCE §5.1
+        assert details["video_tokens"] == 7202  # 20 frames of 720p, the vendor's worked example
         assert details["audio_tokens"] == audio_tokens
         assert "20 帧" in text
 

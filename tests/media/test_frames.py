@@ -78,7 +78,7 @@ def test_odd_count_is_padded_with_the_last_frame() -> None:
 def test_ten_seconds_of_720p_frames_bill_like_the_reference_video(
     model: ModelSpec, target: tuple[int, int]
 ) -> None:
-    """REFERENCE §5.1: 20 frames of 720p → 7202 tokens on both models."""
+    """The vendor's worked example: 20 frames of 720p → 7202 tokens on both models."""
     data = frame(1280, 720, (90, 120, 150), "JPEG")
     out = decode_frames([data] * 20, billing_policy(model), model.media)
     assert (out.width, out.height) == target

@@ -130,7 +130,7 @@ def test_mpo_counts_as_jpeg() -> None:
     assert close(out.pixels[10, 10], RED, 8)
 
 
-# -- sizes and tokens (REFERENCE §5.1 and §5.2 worked examples) ------------------------------
+# -- sizes and tokens (the vendor's and the open processors' worked examples) -----------------
 
 
 @pytest.mark.parametrize(

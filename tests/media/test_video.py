@@ -129,7 +129,8 @@ def test_sparse_samples_seek_and_stay_exact(files: MediaFiles, fmt: str) -> None
 
 
 def test_reference_sizes_and_tokens(files: MediaFiles) -> None:
-    """REFERENCE §5.1: a 10 s 720p video is 20 frames, 1152x640 (flash) or 1008x560 (turbo)."""
+    """The vendor's worked example: a 10 s 720p video is 20 frames, 1152x640 (flash) or
+    1008x560 (turbo)."""
     data = files.video("mp4", size="1280x720", rate=4, gop=8)
     flash = decode(data)
     assert (flash.frame_count, flash.width, flash.height, flash.tokens) == (20, 1152, 640, 7202)
