@@ -189,48 +189,43 @@ def _save_processor(directory: Path, family: str) -> None:
     (directory / "chat_template.jinja").write_text(_chat_template(family))
 
 
+# What both families' tiny encoders and thinkers share; each config adds its own fields.
+_AUDIO_BASE = dict(
+    num_mel_bins=128,
+    encoder_layers=1,
+    encoder_attention_heads=2,
+    encoder_ffn_dim=32,
+    d_model=16,
+    output_dim=32,
+    max_source_positions=1500,
+)
+_VISION_BASE = dict(
+    depth=1,
+    hidden_size=16,
+    intermediate_size=32,
+    num_heads=2,
+    in_channels=3,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    out_hidden_size=32,
+)
+_TEXT_BASE = dict(vocab_size=THINKER_VOCAB, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=4096, eos_token_id=TOKENS["im_end"],
+                  pad_token_id=TOKENS["endoftext"])  # fmt: skip
+
+
 def qwen25_config() -> Any:
     from transformers import Qwen2_5OmniConfig
 
     mrope = dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 1, 1])
     return Qwen2_5OmniConfig(
         thinker_config=dict(
-            audio_config=dict(
-                num_mel_bins=128,
-                encoder_layers=1,
-                encoder_attention_heads=2,
-                encoder_ffn_dim=32,
-                d_model=16,
-                output_dim=32,
-                n_window=100,
-                max_source_positions=1500,
-            ),
+            audio_config=dict(_AUDIO_BASE, n_window=100),
             vision_config=dict(
-                depth=1,
-                hidden_size=16,
-                intermediate_size=32,
-                num_heads=2,
-                in_channels=3,
-                patch_size=14,
-                spatial_merge_size=2,
-                temporal_patch_size=2,
-                window_size=112,
-                out_hidden_size=32,
-                fullatt_block_indexes=[0],
+                _VISION_BASE, patch_size=14, window_size=112, fullatt_block_indexes=[0]
             ),
-            text_config=dict(
-                vocab_size=THINKER_VOCAB,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=4096,
-                rope_parameters=mrope,
-                tie_word_embeddings=False,
-                eos_token_id=TOKENS["im_end"],
-                pad_token_id=TOKENS["endoftext"],
-            ),
+            text_config=dict(_TEXT_BASE, rope_parameters=mrope, tie_word_embeddings=False),
             audio_token_index=TOKENS["audio"],
             image_token_index=TOKENS["image"],
             video_token_index=TOKENS["video"],
@@ -319,44 +314,19 @@ def qwen3_config() -> Any:
     return Qwen3OmniMoeConfig(
         thinker_config=dict(
             audio_config=dict(
-                num_mel_bins=128,
-                encoder_layers=1,
-                encoder_attention_heads=2,
-                encoder_ffn_dim=32,
-                d_model=16,
-                output_dim=32,
+                _AUDIO_BASE,
                 n_window=50,
                 n_window_infer=100,
                 conv_chunksize=500,
                 downsample_hidden_size=8,
-                max_source_positions=1500,
             ),
             vision_config=dict(
-                depth=1,
-                hidden_size=16,
-                intermediate_size=32,
-                num_heads=2,
-                in_channels=3,
+                _VISION_BASE,
                 patch_size=16,
-                spatial_merge_size=2,
-                temporal_patch_size=2,
-                out_hidden_size=32,
                 num_position_embeddings=64,
                 deepstack_visual_indexes=[0],
             ),
-            text_config=dict(
-                vocab_size=THINKER_VOCAB,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=4096,
-                rope_parameters=mrope,
-                eos_token_id=TOKENS["im_end"],
-                pad_token_id=TOKENS["endoftext"],
-                **moe,
-            ),
+            text_config=dict(_TEXT_BASE, rope_parameters=mrope, **moe),
             audio_token_id=TOKENS["audio"],
             image_token_id=TOKENS["image"],
             video_token_id=TOKENS["video"],
