@@ -140,6 +140,7 @@ class ModelSpec:
     rate_limits: RateLimits = field(default_factory=RateLimits)
     snapshot: str | None = None  # the dated snapshot this alias currently points to
     system_prompt_with_audio: bool = True  # turbo silently ignores system messages with audio
+    audio_output: bool = True  # False where the served weights have no talker
     free_quota_tokens: int | None = 1_000_000  # Beijing region, 90 days
 
     @property

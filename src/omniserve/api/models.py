@@ -30,8 +30,9 @@ def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
         "max_input_tokens": limits.max_input,
         "max_output_tokens": limits.max_output,
         "thinking": model.supports_thinking,
+        "audio_output": model.audio_output,
         "voices": list(model.voice_names),
-        "default_voice": model.default_voice,
+        "default_voice": model.default_voice if model.audio_output else None,
         "output_languages": [str(lang) for lang in model.output_languages],
     }
 

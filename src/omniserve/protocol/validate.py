@@ -76,6 +76,12 @@ class RequestValidator:
             raise InvalidParameter(
                 f"The model {req.model} does not support tools (function calling).", param="tools"
             )
+        if audio_out and not model.audio_output:
+            raise InvalidParameter(
+                f"The model {req.model} does not support audio output on this server; "
+                "modalities must be ['text'].",
+                param="modalities",
+            )
         thinking = self._thinking(req, model, audio_out)
         voice = self._voice(req, model, audio_out)
         messages = tuple(self._message(i, m, model) for i, m in enumerate(req.messages))
