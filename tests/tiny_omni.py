@@ -4,17 +4,15 @@ Configs, token layout and quirks were verified with transformers 5.23 and torch 
 CPU. The checkpoints are saved with ``save_pretrained`` and loaded back through
 ``from_pretrained`` so tests exercise the same path as a real model directory.
 
-Layout of a built checkpoint directory::
+Layout of a built checkpoint directory (the layout of the published checkpoints)::
 
     <dir>/config.json, model.safetensors, generation_config.json, [spk_dict.pt]
-    <dir>/tokenizer/          Qwen2Tokenizer (byte-level BPE trained here)
-    <dir>/image_processor/    Qwen2VLImageProcessorPil
-    <dir>/feature_extractor/  WhisperFeatureExtractor
+    <dir>/tokenizer.json, tokenizer_config.json, ...   Qwen2Tokenizer (byte-level BPE trained here)
+    <dir>/preprocessor_config.json   image processor and feature extractor settings, merged
     <dir>/chat_template.jinja
 
-The processor pieces live in separate folders because, without torchvision, the processor itself
-cannot be saved or loaded with ``AutoProcessor`` (and the image processor and the feature
-extractor would both write ``preprocessor_config.json``).
+Without torchvision the processor is rebuilt from its parts by the engine's loader
+(``omniserve.engines.hf.loader.build_processor``), with a numpy path for video frames.
 """
 
 from __future__ import annotations
@@ -111,6 +109,7 @@ def _special_tokens(family: str) -> list[str]:
 def _chat_template(family: str) -> str:
     names = _MEDIA_NAMES[family]
     image = names["vision_bos_token"] + names["image_token"] + names["vision_eos_token"]
+    video = names["vision_bos_token"] + names["video_token"] + names["vision_eos_token"]
     audio = names["audio_bos_token"] + names["audio_token"] + names["audio_eos_token"]
     return (
         "{%- for message in messages %}"
@@ -118,6 +117,7 @@ def _chat_template(family: str) -> str:
         "{%- if message['content'] is string %}{{- message['content'] }}"
         "{%- else %}{%- for part in message['content'] %}"
         "{%- if part['type'] == 'image' %}{{- '" + image + "' }}"
+        "{%- elif part['type'] == 'video' %}{{- '" + video + "' }}"
         "{%- elif part['type'] == 'audio' %}{{- '" + audio + "' }}"
         "{%- elif part['type'] == 'text' %}{{- part['text'] }}"
         "{%- endif %}{%- endfor %}{%- endif %}"
@@ -182,10 +182,14 @@ def _build_processor_pieces(family: str) -> tuple[Any, Any]:
 
 
 def _save_processor(directory: Path, family: str) -> None:
+    """Tokenizer files, one merged preprocessor_config.json and the chat template."""
     image_processor, feature_extractor = _build_processor_pieces(family)
-    _build_tokenizer(family).save_pretrained(directory / "tokenizer")
-    image_processor.save_pretrained(directory / "image_processor")
-    feature_extractor.save_pretrained(directory / "feature_extractor")
+    _build_tokenizer(family).save_pretrained(directory)
+    merged = {**feature_extractor.to_dict(), **image_processor.to_dict()}
+    merged["processor_class"] = (
+        "Qwen2_5OmniProcessor" if family == QWEN25 else "Qwen3OmniMoeProcessor"
+    )
+    (directory / "preprocessor_config.json").write_text(json.dumps(merged, indent=2))
     (directory / "chat_template.jinja").write_text(_chat_template(family))
 
 
@@ -421,9 +425,23 @@ def _build(directory: Path, family: str, config: Any) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
     model = _model_class(family)(config)
+    _initialize_talker_experts(model)
     model.save_pretrained(directory)
     _save_processor(directory, family)
     return directory
+
+
+def _initialize_talker_experts(model: Any) -> None:
+    """Upstream quirk: Qwen3-Omni's talker MoE experts (3-D parameters) are left as torch.empty
+    by the model's own init, so they hold whatever memory held: zeros in a fresh process, NaN
+    after other models have come and gone. Give them seeded random values."""
+    import torch
+
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("talker.") and ".mlp.experts." in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
 
 
 def build_qwen25_omni(directory: Path) -> Path:
@@ -451,6 +469,14 @@ def build_qwen3_omni(directory: Path) -> Path:
     return _build(directory, QWEN3, qwen3_config())
 
 
+def build_qwen3_thinking(directory: Path) -> Path:
+    """A tiny Qwen3-Omni without a talker, standing in for the Thinking checkpoint (which has
+    none); name the directory ``...-Thinking`` so the engine sees what it is."""
+    config = qwen3_config()
+    config.enable_audio_output = False
+    return _build(directory, QWEN3, config)
+
+
 def build_tiny(directory: Path, family: str) -> Path:
     if family == QWEN25:
         return build_qwen25_omni(directory)
@@ -459,44 +485,11 @@ def build_tiny(directory: Path, family: str) -> Path:
     raise ValueError(f"unknown family {family!r}")
 
 
-def _without_video_check(cls: Any) -> Any:
-    """The processor class, minus the class check on ``video_processor``.
-
-    Without torchvision, transformers' VIDEO_PROCESSOR_MAPPING is a placeholder, so
-    check_argument_for_proper_class fails for any video_processor (None or an instance).
-    Video input is not used by these tests; everything else is the real processor.
-    """
-
-    class NoVideoProcessor(cls):  # type: ignore[misc,valid-type]
-        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    NoVideoProcessor.__name__ = NoVideoProcessor.__qualname__ = cls.__name__
-    return NoVideoProcessor
-
-
 def load_processor(directory: Path, family: str) -> Any:
-    """Rebuild the processor from the separately saved pieces."""
-    import transformers
+    """The processor, as the engine builds it."""
+    from omniserve.engines.hf.loader import build_processor
 
-    cls = (
-        transformers.Qwen2_5OmniProcessor
-        if family == QWEN25
-        else transformers.Qwen3OmniMoeProcessor
-    )
-    return _without_video_check(cls)(
-        image_processor=transformers.Qwen2VLImageProcessorPil.from_pretrained(
-            directory / "image_processor"
-        ),
-        video_processor=None,
-        feature_extractor=transformers.WhisperFeatureExtractor.from_pretrained(
-            directory / "feature_extractor"
-        ),
-        tokenizer=transformers.Qwen2Tokenizer.from_pretrained(directory / "tokenizer"),
-        chat_template=(directory / "chat_template.jinja").read_text(),
-    )
+    return build_processor(directory, family)
 
 
 def load_tiny(
