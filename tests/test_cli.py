@@ -135,3 +135,70 @@ def test_serve_refuses_to_start_without_espeak() -> None:
     assert result.exit_code == 1
     assert "cannot run '/nonexistent/espeak-ng'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_open_weights_that_are_not_there_is_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "Qwen2.5-Omni-7B"
+    result = runner.invoke(app, ["serve", "--port", "1", "--model", str(missing)])
+    assert result.exit_code == 1
+    assert "cannot read the model config" in result.output
+    assert str(missing.name) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_served_name_needs_a_model() -> None:
+    result = runner.invoke(app, ["serve", "--port", "1", "--served-name", "omni"])
+    assert result.exit_code == 2
+    assert "--served-name needs --model" in result.output
+
+
+def test_serve_open_weights_from_a_directory(tmp_path: Path) -> None:
+    """`omniserve serve --model DIR`: the transformers engine, the family's catalog name."""
+    from tiny_omni import QWEN25, build_tiny
+
+    checkpoint = build_tiny(tmp_path / "Qwen2.5-Omni-Tiny", QWEN25)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
+    env["OMNISERVE_TRANSFORMERS__GENERATE_KWARGS"] = '{"talker_eos_token_id": [62]}'
+    args = ["serve", "--port", str(port), "--model", str(checkpoint), "--log-level", "warning"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniserve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        assert httpx.get(f"{base}/readyz").json()["engine"] == "transformers"
+        models = httpx.get(f"{base}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["qwen2.5-omni-7b"]
+        r = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={
+                "model": "qwen2.5-omni-7b",
+                "stream": True,
+                "max_tokens": 4,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+            timeout=60,
+        )
+        assert r.status_code == 200
+        assert r.text.rstrip().endswith("data: [DONE]")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        if proc.stdout is not None:
+            output = proc.stdout.read().decode()
+            proc.stdout.close()
+            assert "Traceback" not in output, output
+            assert f"loaded {checkpoint}: qwen2.5-omni instruct, speaks as" in output

@@ -31,6 +31,20 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     emulator = {k: given.pop(k) for k in ("tokens_per_second", "first_token_ms") if k in given}
     if emulator:
         given["emulator"] = emulator
+    hf: dict[str, Any] = {
+        k: given.pop(k) for k in ("device", "dtype", "device_map", "audio_output") if k in given
+    }
+    if "flash_attn" in given and given.pop("flash_attn"):
+        hf["attn_implementation"] = "flash_attention_2"
+    checkpoint, served_name = given.pop("model", None), given.pop("served_name", None)
+    if checkpoint is not None:
+        hf["models"] = [{"name": served_name, "checkpoint": checkpoint}]
+        given.setdefault("engine", "transformers")
+    elif served_name is not None:
+        console.print("[red]error:[/red] --served-name needs --model")
+        raise typer.Exit(2)
+    if hf:
+        given["transformers"] = hf
     try:
         return load_settings(config, **given)
     except (FileNotFoundError, ValueError) as exc:
@@ -42,7 +56,33 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
-    engine: Annotated[str | None, typer.Option(help="Engine: emulator [default].")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="Engine: emulator [default] or transformers.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Open weights for the transformers engine: a Hub id or a directory."),
+    ] = None,
+    served_name: Annotated[
+        str | None,
+        typer.Option(help="Name clients use for --model [default: the family's catalog name]."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="transformers: auto [default], cpu, cuda, cuda:1.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="transformers: auto [default], bfloat16, float16, float32.")
+    ] = None,
+    device_map: Annotated[
+        str | None, typer.Option(help="transformers: spread over GPUs, e.g. auto.")
+    ] = None,
+    flash_attn: Annotated[
+        bool | None, typer.Option("--flash-attn/--no-flash-attn", help="FlashAttention 2.")
+    ] = None,
+    audio_output: Annotated[
+        str | None,
+        typer.Option(help="transformers: auto [default]; off never loads the talker."),
+    ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="critical|error|warning|info|debug.")
     ] = None,
@@ -69,6 +109,13 @@ def serve(
         host=host,
         port=port,
         engine=engine,
+        model=model,
+        served_name=served_name,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        flash_attn=flash_attn,
+        audio_output=audio_output,
         log_level=log_level,
         tokens_per_second=tokens_per_second,
         first_token_ms=first_token_ms,
@@ -76,10 +123,14 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from omniserve.engines.hf.checkpoint import CheckpointError
+
     try:
         service = ChatService(settings)
         asyncio.run(service.check())
-    except (SpeechError, TokenizerUnavailable) as exc:
+        # Weights load before the port opens, with progress, so a failure is one clear line.
+        asyncio.run(service.engine.start())
+    except (SpeechError, TokenizerUnavailable, CheckpointError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(

@@ -65,6 +65,46 @@ class MediaSettings(BaseModel):
     user_agent: str = "omniserve"
 
 
+class ServedCheckpoint(BaseModel):
+    """One served model name backed by open weights (a Hub id or a local directory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The name clients send: a catalog name (its limits apply) or a new name. By default the
+    # family's catalog name: qwen2.5-omni-7b for Qwen2.5-Omni, qwen3-omni-flash for Qwen3-Omni.
+    name: str | None = None
+    checkpoint: str
+    # What the weights are: inferred from the checkpoint's name when not given.
+    kind: Literal["instruct", "thinking", "captioner"] | None = None
+    # Catalog voice -> model speaker, over the defaults (see docs/transformers.md).
+    voices: dict[str, str] = Field(default_factory=dict)
+    revision: str | None = None
+
+
+class TransformersSettings(BaseModel):
+    """The in-process engine for open Qwen2.5-Omni / Qwen3-Omni weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ServedCheckpoint] = Field(default_factory=list)
+    # "auto": the first GPU when there is one, else the CPU; or "cpu", "cuda", "cuda:1", "mps".
+    device: str = "auto"
+    # "auto": bfloat16 on a GPU, float32 on the CPU.
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # Spread one model over several GPUs ("auto", "balanced", ...); needs accelerate.
+    device_map: str | None = None
+    # "flash_attention_2", "sdpa" or "eager"; transformers picks when unset.
+    attn_implementation: str | None = None
+    # "auto": speak when the weights have a talker; false: never load the talker (saves memory).
+    audio_output: Literal["auto", "on", "off"] = "auto"
+    # Requests waiting for the model beyond the one running; more are refused with a 429.
+    queue_size: int = Field(default=16, ge=0)
+    # Extra keyword arguments for generate(), e.g. {"talker_max_new_tokens" = 2048}.
+    generate_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Refuse to load when free memory is below the weights' size times this factor.
+    memory_headroom: float = Field(default=1.1, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OMNISERVE_",
@@ -74,7 +114,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    engine: Literal["emulator"] = "emulator"
+    engine: Literal["emulator", "transformers"] = "emulator"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Which snapshot the stable name qwen3-omni-flash points to.
     flash_alias: str = FLASH_0915
@@ -86,6 +126,7 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    transformers: TransformersSettings = Field(default_factory=TransformersSettings)
 
     @classmethod
     def settings_customise_sources(

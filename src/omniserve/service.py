@@ -36,13 +36,17 @@ class ChatService:
     ) -> None:
         self.settings = settings
         catalog = Catalog.default(settings.flash_alias)
-        self.catalog = catalog.restricted_to(settings.models) if settings.models else catalog
         self.tokenizer = tokenizer or get_tokenizer(settings.tokenizer_file)
+        self.engine = engine or make_engine(settings, self.tokenizer, catalog)
+        # An engine that serves its own names (open weights) says what it serves and can do.
+        served = getattr(self.engine, "catalog", None)
+        if callable(served):
+            catalog = served()
+        self.catalog = catalog.restricted_to(settings.models) if settings.models else catalog
         self.validator = RequestValidator(
             self.catalog, self.tokenizer, media_enabled=settings.media.enabled
         )
         self.media = MediaProcessor(settings.media, resolver=resolver)
-        self.engine = engine or make_engine(settings, self.tokenizer)
         self.synthesizer = synthesizer or make_synthesizer(settings.speech)
         self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
         self.ready = False
@@ -71,7 +75,12 @@ class ChatService:
         return self.validator.validate(parse_chat_request(body), request_id)
 
     def media_policy(self, job: GenerationJob) -> MediaPolicy:
-        """How this job's media are sized and counted: the vendor's billing formulas."""
+        """How this job's media are sized and counted: the vendor's billing formulas, or the
+        open processors' when the engine runs open weights."""
+        engine_policy = getattr(self.engine, "media_policy", None)
+        if callable(engine_policy):
+            policy: MediaPolicy = engine_policy(job.model)
+            return policy
         return billing_policy(job.model)
 
     async def events(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:

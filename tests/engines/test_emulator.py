@@ -75,7 +75,7 @@ def test_is_an_engine() -> None:
     assert isinstance(FAST, Engine)
     assert FAST.name == "emulator"
     assert FAST.speaks is False
-    assert isinstance(make_engine(fast_settings(), TOK), EmulatorEngine)
+    assert isinstance(make_engine(fast_settings(), TOK, Catalog.default()), EmulatorEngine)
 
 
 def test_start_and_close() -> None:

@@ -1,0 +1,250 @@
+"""Loading open Qwen-Omni weights and their processor, with progress and clear failures.
+
+Weights come through ``from_pretrained`` from a local directory or the Hugging Face cache (a Hub
+id downloads once, when the machine is online). bfloat16 on a GPU, float32 on the CPU; a
+``device_map`` spreads one model over several GPUs. A deployment that serves text only never
+builds the talker, which saves its memory (about 2 GB for Qwen2.5-Omni-7B, 10 GB for Qwen3-Omni).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from omniserve.config import TransformersSettings
+from omniserve.engines.hf.checkpoint import CheckpointError, CheckpointInfo
+from omniserve.engines.hf.frames import FramesVideoProcessor
+
+log = logging.getLogger("omniserve.transformers")
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.pt", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+@dataclass
+class LoadedModel:
+    info: CheckpointInfo
+    model: Any
+    processor: Any
+    device: Any  # torch.device of the inputs
+    speaks: bool
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def resolve_dtype(setting: str, device: str) -> str:
+    if setting != "auto":
+        return setting
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def local_directory(info: CheckpointInfo) -> Path:
+    """The checkpoint on disk: the directory itself, or the Hub snapshot (downloaded if needed)."""
+    path = Path(info.source).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(info.source, revision=info.revision, allow_patterns=_SNAPSHOT_FILES)
+        )
+    except Exception as exc:  # the hub raises many kinds; all mean "not available here"
+        raise CheckpointError(
+            f"weights of {info.source!r} are not on this machine and cannot be downloaded: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
+
+
+def weight_bytes(directory: Path) -> int:
+    files = list(directory.glob("*.safetensors")) or list(directory.glob("*.bin"))
+    if not files:
+        raise CheckpointError(
+            f"no weights in {directory} (expected *.safetensors files next to config.json)"
+        )
+    return sum(f.stat().st_size for f in files)
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free where the weights will live; None when unknown."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        if ":" in device:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        return sum(int(torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count()))
+    if device == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def check_memory(
+    directory: Path, stored_dtype: str, dtype: str, device: str, headroom: float
+) -> None:
+    needed = weight_bytes(directory) * _DTYPE_BYTES[dtype] / _DTYPE_BYTES.get(stored_dtype, 2)
+    needed *= headroom
+    free = free_memory(device)
+    if free is not None and needed > free:
+        raise CheckpointError(
+            f"not enough memory on {device}: the weights need about {needed / 2**30:.1f} GiB "
+            f"in {dtype}, {free / 2**30:.1f} GiB is free. Use a GPU with more memory, "
+            "device_map to spread the model over several GPUs, audio_output = 'off' to skip "
+            "the talker, or a smaller checkpoint."
+        )
+
+
+class _ProcessorWithFrames:
+    """Marks processors built around ``FramesVideoProcessor``."""
+
+
+def build_processor(directory: Path, family: str) -> Any:
+    """The checkpoint's processor; without torchvision, its parts with a numpy video path."""
+    import transformers
+
+    try:
+        return transformers.AutoProcessor.from_pretrained(directory)  # type: ignore[no-untyped-call]
+    except (ImportError, ValueError, TypeError, OSError, AttributeError) as exc:
+        log.info(
+            "processor falls back to its parts (%s)", str(exc).splitlines()[0] if str(exc) else exc
+        )
+    cls = (
+        transformers.Qwen2_5OmniProcessor
+        if family == "qwen2.5-omni"
+        else transformers.Qwen3OmniMoeProcessor
+    )
+
+    class FramesProcessor(cls, _ProcessorWithFrames):  # type: ignore[misc,valid-type]
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    FramesProcessor.__name__ = FramesProcessor.__qualname__ = cls.__name__
+    image_processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(directory)
+    template_file = directory / "chat_template.jinja"
+    return FramesProcessor(
+        image_processor=image_processor,
+        video_processor=FramesVideoProcessor(image_processor),
+        feature_extractor=transformers.WhisperFeatureExtractor.from_pretrained(directory),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(directory),
+        chat_template=template_file.read_text() if template_file.is_file() else None,
+    )
+
+
+def has_native_video(processor: Any) -> bool:
+    return not isinstance(processor, _ProcessorWithFrames)
+
+
+def _model_class(family: str) -> Any:
+    import transformers
+
+    if family == "qwen2.5-omni":
+        return transformers.Qwen2_5OmniForConditionalGeneration
+    return transformers.Qwen3OmniMoeForConditionalGeneration
+
+
+def load(
+    info: CheckpointInfo,
+    settings: TransformersSettings,
+    *,
+    console: Console | None = None,
+) -> LoadedModel:
+    """Weights, speakers and processor of one checkpoint, ready to generate."""
+    import torch
+    import transformers
+
+    speaks = info.has_talker and settings.audio_output != "off"
+    if settings.audio_output == "on" and not info.has_talker:
+        raise CheckpointError(
+            f"{info.source!r} has no talker (it cannot speak), but audio_output is 'on'; "
+            "serve an Instruct checkpoint, or set audio_output = 'auto'"
+        )
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    console = console or Console(stderr=True)
+    started = time.monotonic()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        step = progress.add_task(f"{info.source}: locating weights", total=None)
+        directory = local_directory(info)
+        config = transformers.AutoConfig.from_pretrained(directory)
+        stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "bfloat16"))
+        check_memory(
+            directory, stored.replace("torch.", ""), dtype, device, settings.memory_headroom
+        )
+        progress.update(
+            step,
+            description=f"{info.source}: loading {weight_bytes(directory) / 2**30:.2f} GiB "
+            f"of weights as {dtype} on {settings.device_map or device}",
+        )
+        if not speaks:
+            config.enable_audio_output = False
+        kwargs: dict[str, Any] = {"config": config, "dtype": getattr(torch, dtype)}
+        if settings.attn_implementation:
+            kwargs["attn_implementation"] = settings.attn_implementation
+        device_map = settings.device_map or (device if device != "cpu" else None)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        cls = _model_class(info.family)
+        try:
+            # Qwen2.5's own from_pretrained always reads spk_dict.pt; speakers are loaded below.
+            model = super(cls, cls).from_pretrained(directory, **kwargs)
+        except torch.OutOfMemoryError as exc:
+            raise CheckpointError(
+                f"out of memory loading {info.source!r} on {device}: {exc}"
+            ) from exc
+        except (OSError, ValueError, ImportError) as exc:
+            raise CheckpointError(f"cannot load {info.source!r}: {exc}") from exc
+        if device_map is None and device != "cpu":
+            model = model.to(device)
+        if speaks:
+            progress.update(step, description=f"{info.source}: speakers")
+            _prepare_talker(model, info, directory)
+        elif getattr(model, "has_talker", False):
+            model.disable_talker()
+        model.eval()
+        progress.update(step, description=f"{info.source}: processor")
+        processor = build_processor(directory, info.family)
+        progress.update(step, description=f"{info.source}: ready", total=1, completed=1)
+    input_device = model.thinker.get_input_embeddings().weight.device
+    console.print(
+        f"loaded {info.source}: {info.family} {info.kind}, "
+        f"{'speaks as ' + ', '.join(info.speakers) if speaks else 'text only'}, "
+        f"{dtype} on {settings.device_map or input_device}, "
+        f"{time.monotonic() - started:.1f} s",
+        soft_wrap=True,
+    )
+    return LoadedModel(
+        info=info, model=model, processor=processor, device=input_device, speaks=speaks
+    )
+
+
+def _prepare_talker(model: Any, info: CheckpointInfo, directory: Path) -> None:
+    if info.family == "qwen2.5-omni":
+        speakers = directory / "spk_dict.pt"
+        if not speakers.is_file():
+            raise CheckpointError(f"{info.source!r} has a talker but no spk_dict.pt")
+        model.load_speakers(str(speakers))
+    else:
+        # The talker's get_rope_index reads talker.config.audio_config, which its config lacks;
+        # without it, audio input with audio output fails.
+        model.talker.config.audio_config = model.config.thinker_config.audio_config

@@ -1,0 +1,374 @@
+"""The transformers engine end to end: tiny Qwen2.5-Omni and Qwen3-Omni checkpoints built here,
+loaded through from_pretrained, served by a real uvicorn, driven with the openai SDK."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+from PIL import Image
+
+from helpers import LiveServer, fast_settings, live_server
+from tiny_omni import QWEN3, QWEN25, build_qwen3_thinking, build_tiny
+
+pytest.importorskip("torch")
+
+NAMES = {QWEN25: "qwen2.5-omni-7b", QWEN3: "qwen3-omni-flash"}
+VOICES = {QWEN25: "Ethan", QWEN3: "Cherry"}
+# Samples of 24 kHz audio per speech code: Qwen2.5 token2wav 2 mel frames x 240, Qwen3 code2wav.
+SAMPLES_PER_CODE = {QWEN25: 480, QWEN3: 1920}
+# Random weights stop at random; these make the talker say something every time.
+GENERATE = {
+    QWEN25: {"talker_eos_token_id": [62], "talker_min_new_tokens": 80},
+    QWEN3: {"talker_min_new_tokens": 20},
+}
+THINKING_ONLY = "qwen3-omni-thinking-local"
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-hf")
+    return {
+        QWEN25: build_tiny(root / "Qwen2.5-Omni-Tiny", QWEN25),
+        QWEN3: build_tiny(root / "Qwen3-Omni-Tiny-Instruct", QWEN3),
+        "thinking": build_qwen3_thinking(root / "Qwen3-Omni-Tiny-Thinking"),
+    }
+
+
+def _settings(models: list[dict[str, Any]], **transformers: Any) -> Any:
+    return fast_settings(engine="transformers", transformers={"models": models, **transformers})
+
+
+@pytest.fixture(scope="module", params=[QWEN25, QWEN3])
+def served(
+    request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]
+) -> Iterator[tuple[str, LiveServer]]:
+    family: str = request.param
+    models = [{"name": NAMES[family], "checkpoint": str(tiny_dirs[family])}]
+    if family == QWEN3:
+        thinking = str(tiny_dirs["thinking"])
+        models += [
+            {"name": NAMES[family], "checkpoint": thinking},
+            {"name": THINKING_ONLY, "checkpoint": thinking},
+        ]
+    with live_server(_settings(models, generate_kwargs=GENERATE[family])) as server:
+        yield family, server
+
+
+def _client(server: LiveServer) -> OpenAI:
+    return OpenAI(api_key="sk-test", base_url=server.api, max_retries=0)
+
+
+def _stream(server: LiveServer, **kwargs: Any) -> dict[str, Any]:
+    """Content, reasoning, audio chunks, finish reason and usage of one streamed reply."""
+    with _client(server) as client:
+        return _collect(
+            client.chat.completions.create(
+                stream=True, stream_options={"include_usage": True}, **kwargs
+            )
+        )
+
+
+def _collect(stream: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "content": [],
+        "reasoning": [],
+        "audio": [],
+        "finish": None,
+        "usage": None,
+    }
+    for chunk in stream:
+        if chunk.usage is not None:
+            out["usage"] = chunk.usage.model_dump()
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        if delta.content:
+            out["content"].append(delta.content)
+        reasoning = getattr(delta, "reasoning_content", None)
+        if reasoning:
+            out["reasoning"].append(reasoning)
+        audio = getattr(delta, "audio", None)
+        if audio and audio.get("data"):
+            out["audio"].append(base64.b64decode(audio["data"]))
+        if chunk.choices[0].finish_reason:
+            out["finish"] = chunk.choices[0].finish_reason
+    return out
+
+
+def _user(content: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+def _png(seed: int = 0, size: int = 64) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _wav_b64(seconds: float = 1.0) -> str:
+    t = np.arange(int(16000 * seconds)) / 16000
+    pcm = (0.3 * np.sin(2 * np.pi * 330 * t) * 32767).astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def mp4_with_sound() -> str:
+    args = [
+        *("ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=s=64x48:r=10:d=2"),
+        *("-f", "lavfi", "-i", "sine=f=440:d=2", "-c:v", "libx264", "-pix_fmt", "yuv420p"),
+        *("-c:a", "aac", "-shortest", "-movflags", "frag_keyframe+empty_moov", "-f", "mp4", "-"),
+    ]
+    data = subprocess.run(args, capture_output=True, check=True).stdout
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
+# -- what is served ----------------------------------------------------------------------
+
+
+def test_models_lists_only_what_is_served(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    body = httpx.get(f"{server.api}/models").json()
+    names = sorted(m["id"] for m in body["data"])
+    expected = sorted([NAMES[family]] + ([THINKING_ONLY] if family == QWEN3 else []))
+    assert names == expected
+    main = next(m for m in body["data"] if m["id"] == NAMES[family])
+    assert main["audio_output"] is True
+    assert VOICES[family] in main["voices"]
+    assert main["context_length"] == 4096  # capped at the tiny thinker's positions
+    assert main["thinking"] is (family == QWEN3)
+    if family == QWEN3:
+        text_only = next(m for m in body["data"] if m["id"] == THINKING_ONLY)
+        assert text_only["audio_output"] is False and text_only["voices"] == []
+
+
+# -- text and speech ---------------------------------------------------------------------
+
+
+def test_text_streams_token_by_token(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    reply = _stream(
+        server, model=NAMES[family], messages=_user("Hello there!"), max_tokens=8, seed=3
+    )
+    usage = reply["usage"]
+    assert len(reply["content"]) >= 2  # deltas, not one block at the end
+    assert reply["finish"] in ("stop", "length")
+    assert reply["audio"] == []
+    assert usage["prompt_tokens"] == usage["prompt_tokens_details"]["text_tokens"]
+    assert 1 <= usage["completion_tokens_details"]["text_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_speech_streams_in_chunks_as_codes_arrive(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    reply = _stream(
+        server,
+        model=NAMES[family],
+        messages=[{"role": "system", "content": "Be brief."}, *_user("Say something.")],
+        modalities=["text", "audio"],
+        audio={"voice": VOICES[family], "format": "wav"},
+        max_tokens=8,
+        seed=5,
+    )
+    pcm = b"".join(reply["audio"])
+    codes = reply["usage"]["completion_tokens_details"]["audio_tokens"]
+    assert codes >= GENERATE[family]["talker_min_new_tokens"]
+    assert len(reply["audio"]) >= 3
+    assert all(len(c) % 2 == 0 for c in reply["audio"])
+    samples = len(pcm) // 2
+    expected = codes * SAMPLES_PER_CODE[family]
+    assert abs(samples - expected) <= SAMPLES_PER_CODE[family], (samples, expected)
+    # Random tiny vocoders render ~1e-8, silence in PCM16; the samples themselves are compared
+    # with the whole-clip decode in tests/engines/hf/test_voice.py.
+    assert reply["content"]  # the text that was spoken is streamed too
+
+
+def test_same_seed_same_reply_and_stop_sequences(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    kwargs: dict[str, Any] = dict(
+        model=NAMES[family], messages=_user("Count!"), max_tokens=12, seed=11
+    )
+    first = "".join(_stream(server, **kwargs)["content"])
+    assert first == "".join(_stream(server, **kwargs)["content"])
+    stop = first[len(first) // 2 : len(first) // 2 + 2]
+    assert stop.strip()
+    cut = _stream(server, **kwargs, stop=[stop])
+    assert "".join(cut["content"]) == first[: first.index(stop)]
+    assert cut["finish"] == "stop"
+
+
+def test_max_tokens_ends_with_length(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    reply = _stream(server, model=NAMES[family], messages=_user("Go on."), max_tokens=3, seed=1)
+    assert reply["usage"]["completion_tokens_details"]["text_tokens"] == 3
+    assert reply["finish"] == "length"
+
+
+# -- media ---------------------------------------------------------------------------------
+
+
+def test_image_input_with_speech(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    reply = _stream(
+        server,
+        model=NAMES[family],
+        messages=_user(
+            [
+                {"type": "image_url", "image_url": {"url": _png()}},
+                {"type": "text", "text": "What is this?"},
+            ]
+        ),
+        modalities=["text", "audio"],
+        audio={"voice": VOICES[family], "format": "wav"},
+        max_tokens=6,
+        seed=2,
+    )
+    details = reply["usage"]["prompt_tokens_details"]
+    assert details["image_tokens"] >= 3  # placeholders + the two vision boundary tokens
+    assert reply["audio"]
+
+
+def test_audio_input(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    audio = {"type": "input_audio", "input_audio": {"data": _wav_b64(2.0), "format": "wav"}}
+    reply = _stream(server, model=NAMES[family], messages=_user([audio]), max_tokens=6, seed=2)
+    tokens = reply["usage"]["prompt_tokens_details"]["audio_tokens"]
+    per_second = 25 if family == QWEN25 else 13
+    assert abs(tokens - 2 - 2 * per_second) <= 2, tokens
+
+
+def test_video_file_with_its_soundtrack(
+    served: tuple[str, LiveServer], mp4_with_sound: str
+) -> None:
+    family, server = served
+    video = {"type": "video_url", "video_url": {"url": mp4_with_sound}}
+    reply = _stream(
+        server,
+        model=NAMES[family],
+        messages=_user([video, {"type": "text", "text": "What happens?"}]),
+        modalities=["text", "audio"],
+        audio={"voice": VOICES[family], "format": "wav"},
+        max_tokens=6,
+        seed=4,
+    )
+    details = reply["usage"]["prompt_tokens_details"]
+    assert details["video_tokens"] > 2 and details["audio_tokens"] > 2  # interleaved in one prompt
+    assert reply["audio"]
+
+
+def test_frame_list_video(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    frames = {"type": "video", "video": [_png(i) for i in range(4)]}
+    reply = _stream(server, model=NAMES[family], messages=_user([frames]), max_tokens=4, seed=4)
+    details = reply["usage"]["prompt_tokens_details"]
+    assert details["video_tokens"] > 2
+    assert not details.get("audio_tokens")
+
+
+# -- thinking --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("served", [QWEN3], indirect=True)
+def test_thinking_streams_reasoning_from_the_thinking_checkpoint(
+    served: tuple[str, LiveServer],
+) -> None:
+    family, server = served
+    reply = _stream(
+        server,
+        model=NAMES[family],
+        messages=_user("Why?"),
+        max_tokens=6,
+        seed=9,
+        extra_body={"enable_thinking": True, "thinking_budget": 6},
+    )
+    assert reply["reasoning"]
+    assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] >= 1
+
+
+def test_audio_is_refused_where_the_weights_cannot_speak(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    name = THINKING_ONLY if family == QWEN3 else NAMES[family]
+    audio = {"voice": VOICES[family], "format": "wav"}
+    body = {"model": name, "messages": _user("Hi"), "stream": True, "modalities": ["text", "audio"]}
+    r = httpx.post(f"{server.api}/chat/completions", json={**body, "audio": audio})
+    if family == QWEN3:
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "modalities"
+    body["model"] = NAMES[family]
+    bad = httpx.post(f"{server.api}/chat/completions", json={**body, "audio": {"voice": "Nobody"}})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "audio.voice"
+
+
+# -- one request at a time, and what goes wrong ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def endless(tiny_dirs: dict[str, Path]) -> Iterator[LiveServer]:
+    """Qwen3 text only, no end of text until max_tokens, and no queue beyond the running one."""
+    models = [{"name": NAMES[QWEN3], "checkpoint": str(tiny_dirs[QWEN3])}]
+    settings = _settings(
+        models, audio_output="off", queue_size=0, generate_kwargs={"thinker_min_new_tokens": 3000}
+    )
+    with live_server(settings) as server:
+        yield server
+
+
+def test_disconnect_stops_generation_within_a_step(endless: LiveServer) -> None:
+    engine: Any = endless.service.engine
+    body = {"model": NAMES[QWEN3], "messages": _user("Talk."), "stream": True, "max_tokens": 3000}
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", f"{endless.api}/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for _ in range(4):
+                next(lines)
+            assert engine.queue.lock.locked()
+        left = time.monotonic()
+        while engine.queue.lock.locked() and time.monotonic() - left < 5:
+            time.sleep(0.01)
+        assert not engine.queue.lock.locked(), "generation went on after the client left"
+        # The model is free again: the next request is served.
+        with client.stream("POST", f"{endless.api}/chat/completions", json=body) as again:
+            assert again.status_code == 200
+            assert next(again.iter_lines()).startswith("data: ")
+
+
+def test_full_queue_is_refused_with_429(endless: LiveServer) -> None:
+    body = {"model": NAMES[QWEN3], "messages": _user("Talk."), "stream": True, "max_tokens": 3000}
+    url = f"{endless.api}/chat/completions"
+    with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body) as r:
+        next(r.iter_lines())
+        refused = client.post(url, json=body)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "limit_requests"
+    assert float(refused.headers["retry-after"]) > 0
+
+
+def test_a_failing_request_fails_alone(tiny_dirs: dict[str, Path]) -> None:
+    models = [{"name": NAMES[QWEN3], "checkpoint": str(tiny_dirs[QWEN3])}]
+    settings = _settings(models, generate_kwargs={"thinker_no_such_option": 1})
+    body = {"model": NAMES[QWEN3], "messages": _user("Hi"), "stream": True}
+    with live_server(settings) as server:
+        for _ in range(2):
+            r = httpx.post(f"{server.api}/chat/completions", json=body, timeout=30)
+            assert r.status_code == 500
+            assert r.json()["error"]["message"] == "The model failed on this request."
+        assert httpx.get(f"{server.base_url}/healthz").status_code == 200
