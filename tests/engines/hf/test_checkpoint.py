@@ -142,6 +142,14 @@ def test_voices_map_to_a_speaker_of_their_gender_in_the_models_spelling() -> Non
         assert mapping[voice.name] == {"female": "chelsie", "male": "ethan"}[voice.gender]
 
 
+def test_a_voice_named_like_a_speaker_is_that_speaker() -> None:
+    december = Catalog.default().get("qwen3-omni-flash-2025-12-01")
+    with_aiden = voice_map(december, info(QWEN3, speakers=("ethan", "chelsie", "aiden")), {})
+    assert with_aiden["Aiden"] == "aiden"
+    assert with_aiden["Dylan"] == "ethan"  # other male voices keep the gender default
+    assert voice_map(december, info(QWEN3), {})["Aiden"] == "ethan"  # no aiden: by gender
+
+
 def test_qwen25_voices_map_to_its_own_speakers() -> None:
     assert voice_map(SEVEN_B, info(QWEN25), {}) == {"Ethan": "Ethan", "Chelsie": "Chelsie"}
 

@@ -141,7 +141,8 @@ def _first_line(exc: BaseException) -> str:
 
 # -- served names ------------------------------------------------------------------------
 
-# The speaker each catalog voice speaks with unless configured otherwise: by the voice's gender.
+# The speaker each catalog voice speaks with unless configured otherwise or named like a speaker:
+# by the voice's gender.
 DEFAULT_SPEAKERS: dict[Family, dict[str, str]] = {
     "qwen2.5-omni": {"female": "Chelsie", "male": "Ethan"},
     "qwen3-omni": {"female": "Chelsie", "male": "Ethan"},
@@ -158,7 +159,11 @@ def voice_map(base: ModelSpec, info: CheckpointInfo, overrides: dict[str, str]) 
         )
     mapping: dict[str, str] = {}
     for voice in base.voices:
-        wanted = overrides.get(voice.name) or DEFAULT_SPEAKERS[info.family][voice.gender]
+        wanted = overrides.get(voice.name)
+        if wanted is None:
+            # A voice named like one of the model's speakers (Chelsie, Ethan, Aiden) is that one.
+            own = info.speaker(voice.name)
+            wanted = own or DEFAULT_SPEAKERS[info.family][voice.gender]
         speaker = info.speaker(wanted)
         if speaker is None:
             raise CheckpointError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from omniserve.config import TransformersSettings
 from omniserve.engines.hf.checkpoint import CheckpointError, CheckpointInfo
@@ -182,9 +182,15 @@ def load(
     dtype = resolve_dtype(settings.dtype, device)
     console = console or Console(stderr=True)
     started = time.monotonic()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
-        step = progress.add_task(f"{info.source}: locating weights", total=None)
+        step = progress.add_task(f"{info.source}: locating weights", total=4)
         directory = local_directory(info)
         config = transformers.AutoConfig.from_pretrained(directory)
         stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "bfloat16"))
@@ -193,6 +199,7 @@ def load(
         )
         progress.update(
             step,
+            advance=1,
             description=f"{info.source}: loading {weight_bytes(directory) / 2**30:.2f} GiB "
             f"of weights as {dtype} on {settings.device_map or device}",
         )
@@ -217,14 +224,14 @@ def load(
         if device_map is None and device != "cpu":
             model = model.to(device)
         if speaks:
-            progress.update(step, description=f"{info.source}: speakers")
+            progress.update(step, advance=1, description=f"{info.source}: speakers")
             _prepare_talker(model, info, directory)
         elif getattr(model, "has_talker", False):
             model.disable_talker()
         model.eval()
-        progress.update(step, description=f"{info.source}: processor")
+        progress.update(step, completed=3, description=f"{info.source}: processor")
         processor = build_processor(directory, info.family)
-        progress.update(step, description=f"{info.source}: ready", total=1, completed=1)
+        progress.update(step, completed=4, description=f"{info.source}: ready")
     input_device = model.thinker.get_input_embeddings().weight.device
     console.print(
         f"loaded {info.source}: {info.family} {info.kind}, "
