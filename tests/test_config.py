@@ -169,7 +169,12 @@ def test_unknown_flags_and_nested_variables_are_rejected(monkeypatch: pytest.Mon
     [
         {"port": 70000},
         {"port": -1},
-        {"engine": "transformers"},
+        {"engine": "vllm"},
+        {"transformers": {"queue_size": -1}},
+        {"transformers": {"audio_output": "maybe"}},
+        {"transformers": {"dtype": "int3"}},
+        {"transformers": {"models": [{"checkpoint": "x", "kind": "base"}]}},
+        {"transformers": {"models": [{"name": "x"}]}},
         {"log_level": "verbose"},
         {"max_request_bytes": 10},
         {"emulator": {"tokens_per_second": -1}},
@@ -181,6 +186,26 @@ def test_unknown_flags_and_nested_variables_are_rejected(monkeypatch: pytest.Mon
 def test_out_of_range_values_are_rejected(overrides: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         load_settings(**overrides)
+
+
+def test_transformers_settings_from_toml_env_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "omniserve.toml"
+    config.write_text(
+        'engine = "transformers"\n[transformers]\ndtype = "bfloat16"\nqueue_size = 4\n'
+        '[[transformers.models]]\nname = "qwen3-omni-flash"\n'
+        'checkpoint = "Qwen/Qwen3-Omni-30B-A3B-Instruct"\nvoices = { Dylan = "Aiden" }\n'
+    )
+    monkeypatch.setenv("OMNISERVE_TRANSFORMERS__DEVICE", "cuda:1")
+    settings = load_settings(config, transformers={"queue_size": 2})
+    hf = settings.transformers
+    assert settings.engine == "transformers"
+    assert (hf.dtype, hf.device, hf.queue_size) == ("bfloat16", "cuda:1", 2)
+    [served] = hf.models
+    assert served.checkpoint == "Qwen/Qwen3-Omni-30B-A3B-Instruct"
+    assert served.voices == {"Dylan": "Aiden"}
+    assert served.kind is None  # inferred from the checkpoint's name later
 
 
 def test_bad_environment_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
