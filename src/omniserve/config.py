@@ -101,6 +101,9 @@ class TransformersSettings(BaseModel):
     queue_size: int = Field(default=16, ge=0)
     # Extra keyword arguments for generate(), e.g. {"talker_max_new_tokens" = 2048}.
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # torch threads when the model runs on the CPU; by default every core but one, which is left
+    # to the server's event loop (torch on every core starves it and slows the model too).
+    cpu_threads: int | None = Field(default=None, ge=1)
     # Refuse to load when free memory is below the weights' size times this factor.
     memory_headroom: float = Field(default=1.1, ge=0)
 

@@ -101,9 +101,28 @@ def _qwen25_codes(n: int, seed: int) -> list[int]:
     [
         ({}, 37, [36]),  # the defaults: first_chunk (24) + look_ahead (12) codes first
         (
-            {"first_chunk": 4, "chunk": 4, "look_back": 4, "look_ahead": 2, "overlap": 1},
+            {
+                "first_chunk": 4,
+                "chunk": 4,
+                "max_chunk": 4,
+                "look_back": 4,
+                "look_ahead": 2,
+                "overlap": 1,
+            },
             16,
             [6, 10, 14],
+        ),
+        (  # chunks grow to max_chunk after the first two
+            {
+                "first_chunk": 4,
+                "chunk": 4,
+                "max_chunk": 8,
+                "look_back": 4,
+                "look_ahead": 2,
+                "overlap": 1,
+            },
+            30,
+            [6, 10, 18, 26],
         ),
     ],
 )

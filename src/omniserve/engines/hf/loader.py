@@ -9,6 +9,7 @@ builds the talker, which saves its memory (about 2 GB for Qwen2.5-Omni-7B, 10 GB
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,8 @@ def load(
         )
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    if device == "cpu" and settings.device_map is None:
+        torch.set_num_threads(settings.cpu_threads or max(1, (os.cpu_count() or 2) - 1))
     console = console or Console(stderr=True)
     started = time.monotonic()
     columns = (

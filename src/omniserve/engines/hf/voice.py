@@ -8,7 +8,8 @@ audio leaves after a few codes instead of after the whole utterance.
   of the whole-clip decode (the model's own ``chunked_decode`` relies on this).
 - Qwen2.5-Omni's token2wav is a diffusion model over windows of codes: each chunk is decoded with
   look-back and look-ahead codes, and consecutive chunks are cross-faded over a short overlap,
-  as the model's sliding-window design intends.
+  as the model's sliding-window design intends. Chunks grow (24, 48, 96 codes) once the first
+  audio is out, since every window re-renders its context.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Qwen25Voice:
         *,
         first_chunk: int = 24,
         chunk: int = 48,
+        max_chunk: int = 96,
         look_back: int = 24,
         look_ahead: int = 12,
         overlap: int = 4,
@@ -85,7 +87,8 @@ class Qwen25Voice:
     ) -> None:
         self.token2wav = token2wav
         self.speaker = speaker
-        self.first_chunk, self.chunk = first_chunk, chunk
+        self.first_chunk, self.chunk, self.max_chunk = first_chunk, chunk, max_chunk
+        self.chunks = 0
         self.look_back, self.look_ahead, self.overlap = look_back, look_ahead, overlap
         self.steps = steps
         self.ids: list[int] = []
@@ -98,10 +101,19 @@ class Qwen25Voice:
 
     def add(self, code: int) -> np.ndarray | None:
         self.ids.append(int(code))
-        due = self.first_chunk if self.done == 0 else self.chunk
-        if len(self.ids) - self.done >= due + self.look_ahead:
-            return self._decode(self.done + due, final=False)
+        if len(self.ids) - self.done >= self.due + self.look_ahead:
+            end = self.done + self.due
+            self.chunks += 1
+            return self._decode(end, final=False)
         return None
+
+    @property
+    def due(self) -> int:
+        """Codes in the next chunk: small first, then doubling (each window re-renders its
+        look-back and look-ahead, so longer chunks waste less once playback has a lead)."""
+        if self.chunks == 0:
+            return self.first_chunk
+        return min(self.chunk * (1 << (self.chunks - 1)), self.max_chunk)
 
     def finish(self) -> np.ndarray | None:
         if len(self.ids) > self.done or self.tail is not None:
