@@ -160,6 +160,7 @@ def _build_tokenizer(family: str) -> Any:
     # Without normalized=False the specials are split into bytes (e.g. <|im_start|>).
     tokenizer.add_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tokenizer.add_tokens(words)
+    tokenizer.add_tokens(["<think>", "</think>"])  # ordinary added tokens, as in Qwen3's
     for name, idx in TOKENS.items():
         if name in ("system", "user", "assistant"):
             assert tokenizer.convert_tokens_to_ids(name) == idx, name

@@ -298,8 +298,11 @@ def test_thinking_streams_reasoning_from_the_thinking_checkpoint(
         seed=9,
         extra_body={"enable_thinking": True, "thinking_budget": 6},
     )
-    assert reply["reasoning"]
-    assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] >= 1
+    details = reply["usage"]["completion_tokens_details"]
+    # The budget ends the reasoning with </think>; the model then answers.
+    assert reply["reasoning"] and details["reasoning_tokens"] == 6
+    assert reply["content"] and 1 <= details["text_tokens"] <= 6
+    assert "</think>" not in "".join(reply["reasoning"] + reply["content"])
 
 
 def test_audio_is_refused_where_the_weights_cannot_speak(served: tuple[str, LiveServer]) -> None:

@@ -19,6 +19,7 @@ from omniserve.engines.base import (
     Finished,
     GenerationJob,
     PromptTokens,
+    ReasoningDelta,
     SamplingParams,
     TextDelta,
 )
@@ -183,7 +184,11 @@ def loaded(tiny: Any) -> Any:
 
 
 def run_job(
-    loaded: LoadedModel, *, max_new_tokens: int, stop: tuple[str, ...] = ()
+    loaded: LoadedModel,
+    *,
+    max_new_tokens: int,
+    stop: tuple[str, ...] = (),
+    thinking: tuple[bool, int, int] | None = None,  # (visible, budget, answer cap)
 ) -> tuple[GenerationJob, list[EngineEvent]]:
     job = GenerationJob(
         request_id="00000000-0000-0000-0000-000000000000",
@@ -195,11 +200,12 @@ def run_job(
     )
     options = RunOptions(
         speaker=None,
-        reasoning_visible=False,
-        thinks=False,
+        reasoning_visible=bool(thinking and thinking[0]),
+        thinks=thinking is not None,
         max_new_tokens=max_new_tokens,
-        reasoning_budget=None,
+        reasoning_budget=thinking[1] if thinking else None,
         chunk_bytes=4096,
+        max_answer_tokens=thinking[2] if thinking else None,
     )
     events: list[EngineEvent] = []
     RequestRun(loaded, job, options, events.append, threading.Event()).run()
@@ -237,3 +243,22 @@ def test_stop_sequence_cuts_the_answer_before_it(loaded: Any) -> None:
     assert "".join(e.text for e in stopped if isinstance(e, TextDelta)) == text[: text.find(stop)]
     assert isinstance(stopped[-1], Finished)
     assert stopped[-1].reason == "stop"
+
+
+@pytest.mark.parametrize("visible", [True, False])
+def test_the_thinking_budget_ends_reasoning_and_the_model_answers(
+    loaded: Any, visible: bool
+) -> None:
+    """At the budget the next token is forced to </think>; the answer follows, capped on its own."""
+    model = loaded(QWEN3)
+    _, events = run_job(model, max_new_tokens=3 + 1 + 5, thinking=(visible, 3, 5))
+    reasoning = [e for e in events if isinstance(e, ReasoningDelta)]
+    answer = "".join(e.text for e in events if isinstance(e, TextDelta))
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert bool(reasoning) is visible
+    assert answer and "</think>" not in answer
+    assert finished.usage.completion.reasoning == 3
+    assert 1 <= finished.usage.completion.text <= 5
+    if finished.reason == "length":
+        assert finished.usage.completion.text == 5

@@ -216,14 +216,18 @@ class TransformersEngine:
             )
         limits = job.model.mode_limits(job.thinking)
         thinks = loaded.info.kind == "thinking"
-        budget = (job.thinking_budget or limits.max_reasoning) if thinks else None
-        max_new = (job.max_tokens or limits.max_output) + (budget or 0)
+        budget = (
+            (job.thinking_budget or job.model.mode_limits(True).max_reasoning) if thinks else None
+        )
+        # The answer's own max_tokens comes after the reasoning and its closing tag.
+        max_new = (job.max_tokens or limits.max_output) + (budget + 1 if budget else 0)
         options = RunOptions(
             speaker=speaker,
             reasoning_visible=job.thinking,
             thinks=thinks,
             max_new_tokens=max_new,
             reasoning_budget=budget,
+            max_answer_tokens=job.max_tokens if thinks else None,
             chunk_bytes=self.chunk_bytes,
             generate_kwargs=dict(self.settings.generate_kwargs),
         )

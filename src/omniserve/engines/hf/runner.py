@@ -60,6 +60,7 @@ class RunOptions:
     max_new_tokens: int
     reasoning_budget: int | None
     chunk_bytes: int
+    max_answer_tokens: int | None = None  # the answer's own cap (max_tokens), after reasoning
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,6 +170,21 @@ class _Streamer:
         self.on_end()
 
 
+class _EndThinkingOnBudget:
+    """A logits processor: once the reasoning has used its budget, the next token is </think>,
+    and the model goes on to answer (as thinking_budget does on Model Studio)."""
+
+    def __init__(self, run: RequestRun, token: int) -> None:
+        self.run, self.token = run, token
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.run.over_budget():
+            forced = scores.new_full(scores.shape, float("-inf"))
+            forced[:, self.token] = 0.0
+            return forced
+        return scores
+
+
 class _StopWhenSet:
     """A stopping criterion: end the thinker's generation after this step."""
 
@@ -213,6 +229,12 @@ class RequestRun:
         self.stopped_by: FinishReason | None = None
         self.voice: Qwen3Voice | Qwen25Voice | None = None
         self.eos_ids = self._eos_ids()
+        self.think_end = self._token_id(THINK_CLOSE)
+
+    def _token_id(self, token: str) -> int | None:
+        found = self.tokenizer.convert_tokens_to_ids(token)
+        unknown = self.tokenizer.unk_token_id
+        return found if isinstance(found, int) and found >= 0 and found != unknown else None
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
@@ -227,6 +249,8 @@ class RequestRun:
             if token in self.eos_ids:
                 self.eos_seen = True
                 continue
+            if token == self.think_end:
+                continue  # the tag between reasoning and answer is neither
             if self.splitter.reasoning:
                 self.reasoning_tokens += 1
             else:
@@ -234,10 +258,18 @@ class RequestRun:
         text = self.detok.add([i for i in ids if i not in self.eos_ids])
         for reasoning, piece in self.splitter.feed(text):
             self._text(reasoning, piece)
-        budget = self.options.reasoning_budget
-        if budget is not None and self.splitter.reasoning and self.reasoning_tokens >= budget:
+        cap = self.options.max_answer_tokens
+        if cap is not None and self.text_tokens >= cap:
             self.stopped_by = "length"
             self.stop.set()
+        if self.over_budget() and self.think_end is None:
+            # No </think> token to end the reasoning with: end the reply here.
+            self.stopped_by = "length"
+            self.stop.set()
+
+    def over_budget(self) -> bool:
+        budget = self.options.reasoning_budget
+        return budget is not None and self.splitter.reasoning and self.reasoning_tokens >= budget
 
     def _text(self, reasoning: bool, piece: str) -> None:
         if not piece or self.stop.is_set():
@@ -378,7 +410,7 @@ class RequestRun:
         return defaults or [int(cfg.tts_codec_end_token_id)]
 
     def _generate_kwargs(self, tensors: dict[str, Any], use_audio_in_video: bool) -> dict[str, Any]:
-        from transformers import StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
         job, opts, family = self.job, self.options, self.loaded.info.family
         speaks = opts.speaker is not None
@@ -396,6 +428,10 @@ class RequestRun:
             thinker_streamer=thinker_streamer,
             thinker_stopping_criteria=StoppingCriteriaList([_StopWhenSet(self.stop)]),
         )
+        if opts.reasoning_budget is not None and self.think_end is not None:
+            kwargs["thinker_logits_processor"] = LogitsProcessorList(
+                [_EndThinkingOnBudget(self, self.think_end)]
+            )
         if family == "qwen3-omni":
             kwargs["thinker_eos_token_id"] = sorted(self.eos_ids)
         if s.temperature is not None:
