@@ -248,7 +248,16 @@ def test_image_input_with_speech(served: tuple[str, LiveServer]) -> None:
 def test_audio_input(served: tuple[str, LiveServer]) -> None:
     family, server = served
     audio = {"type": "input_audio", "input_audio": {"data": _wav_b64(2.0), "format": "wav"}}
-    reply = _stream(server, model=NAMES[family], messages=_user([audio]), max_tokens=6, seed=2)
+    reply = _stream(
+        server,
+        model=NAMES[family],
+        messages=_user([audio]),
+        modalities=["text", "audio"],
+        audio={"voice": VOICES[family], "format": "wav"},
+        max_tokens=6,
+        seed=2,
+    )
+    assert reply["audio"] and reply["content"]
     tokens = reply["usage"]["prompt_tokens_details"]["audio_tokens"]
     per_second = 25 if family == QWEN25 else 13
     assert abs(tokens - 2 - 2 * per_second) <= 2, tokens
@@ -276,7 +285,16 @@ def test_video_file_with_its_soundtrack(
 def test_frame_list_video(served: tuple[str, LiveServer]) -> None:
     family, server = served
     frames = {"type": "video", "video": [_png(i) for i in range(4)]}
-    reply = _stream(server, model=NAMES[family], messages=_user([frames]), max_tokens=4, seed=4)
+    reply = _stream(
+        server,
+        model=NAMES[family],
+        messages=_user([frames]),
+        modalities=["text", "audio"],
+        audio={"voice": VOICES[family], "format": "wav"},
+        max_tokens=4,
+        seed=4,
+    )
+    assert reply["audio"]
     details = reply["usage"]["prompt_tokens_details"]
     assert details["video_tokens"] > 2
     assert not details.get("audio_tokens")
