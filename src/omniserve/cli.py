@@ -57,7 +57,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
     engine: Annotated[
-        str | None, typer.Option(help="Engine: emulator [default] or transformers.")
+        str | None, typer.Option(help="Engine: emulator [default], transformers or upstream.")
     ] = None,
     model: Annotated[
         str | None,
@@ -124,13 +124,14 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from omniserve.engines.hf.checkpoint import CheckpointError
+    from omniserve.engines.upstream import UpstreamConfigError
 
     try:
         service = ChatService(settings)
         asyncio.run(service.check())
         # Weights load before the port opens, with progress, so a failure is one clear line.
         asyncio.run(service.engine.start())
-    except (SpeechError, TokenizerUnavailable, CheckpointError) as exc:
+    except (SpeechError, TokenizerUnavailable, CheckpointError, UpstreamConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(

@@ -108,6 +108,55 @@ class TransformersSettings(BaseModel):
     memory_headroom: float = Field(default=1.1, ge=0)
 
 
+class UpstreamSpec(BaseModel):
+    """One upstream service: one or more replicas of the same server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["vllm-omni", "dashscope", "openai"]
+    # Replicas' base URLs, each ending where "/chat/completions" is appended:
+    # "http://gpu1:8091/v1", "https://dashscope.aliyuncs.com/compatible-mode/v1".
+    base_urls: list[str] = Field(min_length=1)
+    # The environment variable that holds the upstream's API key (never the key itself).
+    api_key_env: str | None = None
+    # Served name -> the upstream's model id.
+    models: dict[str, str] = Field(min_length=1)
+    # Catalog voice -> the upstream's voice or speaker (vllm-omni: ethan, chelsie, aiden).
+    voices: dict[str, str] = Field(default_factory=dict)
+    # False for an upstream that cannot speak: omniserve's own speech is added.
+    audio_output: bool = True
+    # Sample rate of headerless audio from this upstream (WAV chunks carry their own).
+    audio_rate: int = Field(default=24_000, ge=8_000, le=192_000)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    first_byte_timeout_s: float = Field(default=60.0, gt=0)  # request sent -> response headers
+    idle_timeout_s: float = Field(default=60.0, gt=0)  # between two chunks of a stream
+    max_connections: int = Field(default=256, ge=1)
+    health_path: str | None = "/health"  # from the base URL's origin; None: no health checks
+    health_interval_s: float = Field(default=10.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)  # consecutive failures that open the circuit
+    cooldown_s: float = Field(default=10.0, gt=0)  # how long an open circuit stays open
+
+    def api_key(self) -> str | None:
+        """The key from its environment variable (read here, the one module that reads it)."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ValueError(
+                f"upstream {self.name}: the environment variable {self.api_key_env} is not set"
+            )
+        return key
+
+
+class UpstreamSettings(BaseModel):
+    """Remote engines: vLLM-Omni, Model Studio itself, or any OpenAI-compatible server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstreams: list[UpstreamSpec] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OMNISERVE_",
@@ -117,7 +166,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    engine: Literal["emulator", "transformers"] = "emulator"
+    engine: Literal["emulator", "transformers", "upstream"] = "emulator"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Which snapshot the stable name qwen3-omni-flash points to.
     flash_alias: str = FLASH_0915
@@ -130,6 +179,7 @@ class Settings(BaseSettings):
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     transformers: TransformersSettings = Field(default_factory=TransformersSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -74,6 +74,13 @@ class ChatService:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message."""
         return self.validator.validate(parse_chat_request(body), request_id)
 
+    def _speaks(self, job: GenerationJob) -> bool:
+        """Whether the engine voices this job itself (an engine may decide per model)."""
+        speaks_for = getattr(self.engine, "speaks_for", None)
+        if callable(speaks_for):
+            return bool(speaks_for(job))
+        return self.engine.speaks
+
     def media_policy(self, job: GenerationJob) -> MediaPolicy:
         """How this job's media are sized and counted: the vendor's billing formulas, or the
         open processors' when the engine runs open weights."""
@@ -87,10 +94,11 @@ class ChatService:
         """Media decoded, then the engine's events, with built-in speech when audio is asked of
         a silent engine. Raises ``ApiError`` before the first event for refused media."""
         if any(m.media for m in job.messages):
-            job = await self.media.process(job, self.media_policy(job))
+            keep = bool(getattr(self.engine, "wants_media_bytes", False))
+            job = await self.media.process(job, self.media_policy(job), keep_bytes=keep)
             job = self.validator.finalize(job)
         events = self.engine.generate(job)
-        if job.voice is not None and not self.engine.speaks:
+        if job.voice is not None and not self._speaks(job):
             events = speak_along(
                 events,
                 self.synthesizer,

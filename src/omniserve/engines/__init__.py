@@ -21,4 +21,13 @@ def make_engine(settings: Settings, tokenizer: QwenTokenizer, catalog: Catalog) 
         return TransformersEngine(
             settings.transformers, catalog, chunk_bytes=chunk_bytes_for(settings.speech.chunk_ms)
         )
+    if settings.engine == "upstream":
+        from omniserve.engines.upstream import UpstreamEngine
+
+        return UpstreamEngine(
+            settings.upstream,
+            catalog,
+            tokenizer,
+            chunk_bytes=chunk_bytes_for(settings.speech.chunk_ms),
+        )
     raise ValueError(f"unknown engine {settings.engine!r}")

@@ -33,6 +33,9 @@ class MediaItem:
     source: str | tuple[str, ...]
     frames: int = 0
     decoded: DecodedMedia | None = field(default=None, compare=False, repr=False)
+    # The fetched bytes (one per frame of a frame list), kept only for engines that forward
+    # media (``Engine.wants_media_bytes``), so an upstream never fetches a URL itself.
+    raw: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
     def prompt_tokens(self) -> PromptTokens:
         """What this item bills: a video file's soundtrack counts as audio."""

@@ -53,8 +53,12 @@ class MediaProcessor:
         await self.fetcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def process(self, job: GenerationJob, policy: MediaPolicy) -> GenerationJob:
-        """``job`` with every media item decoded; raises ``InvalidMedia`` on the first failure."""
+    async def process(
+        self, job: GenerationJob, policy: MediaPolicy, *, keep_bytes: bool = False
+    ) -> GenerationJob:
+        """``job`` with every media item decoded; raises ``InvalidMedia`` on the first failure.
+
+        ``keep_bytes`` also keeps each item's fetched bytes, for engines that forward media."""
         items = [(i, j) for i, m in enumerate(job.messages) for j in range(len(m.media))]
         if not items:
             return job
@@ -64,7 +68,7 @@ class MediaProcessor:
             async with asyncio.TaskGroup() as group:
                 tasks = {
                     (i, j): group.create_task(
-                        self._item(job.messages[i].media[j], policy, limits, gate)
+                        self._item(job.messages[i].media[j], policy, limits, gate, keep_bytes)
                     )
                     for i, j in items
                 }
@@ -74,30 +78,38 @@ class MediaProcessor:
         for i, message in enumerate(job.messages):
             if message.media:
                 media = tuple(
-                    replace(item, decoded=tasks[(i, j)].result())
+                    replace(item, decoded=tasks[(i, j)].result()[0], raw=tasks[(i, j)].result()[1])
                     for j, item in enumerate(message.media)
                 )
                 messages[i] = ChatMessage(role=message.role, text=message.text, media=media)
         return replace(job, messages=tuple(messages))
 
     async def _item(
-        self, item: MediaItem, policy: MediaPolicy, limits: MediaLimits, gate: asyncio.Semaphore
-    ) -> DecodedMedia:
+        self,
+        item: MediaItem,
+        policy: MediaPolicy,
+        limits: MediaLimits,
+        gate: asyncio.Semaphore,
+        keep_bytes: bool,
+    ) -> tuple[DecodedMedia, tuple[bytes, ...]]:
         if item.kind == "video":
             assert isinstance(item.source, tuple)
             frames = await asyncio.gather(
                 *(self._fetch(url, limits.image_max_bytes, gate) for url in item.source)
             )
-            return await self._run(decode_frames, frames, policy, limits)
+            decoded: DecodedMedia = await self._run(decode_frames, frames, policy, limits)
+            return decoded, tuple(frames) if keep_bytes else ()
         assert isinstance(item.source, str)
         if item.kind == "image_url":
             data = await self._fetch(item.source, limits.image_max_bytes, gate)
-            return await self._run(decode_image, data, policy, limits)
-        if item.kind == "input_audio":
+            decoded = await self._run(decode_image, data, policy, limits)
+        elif item.kind == "input_audio":
             data = await self._fetch(item.source, limits.audio_max_bytes, gate, bare_base64=True)
-            return await self._run(decode_audio, data, policy, limits)
-        data = await self._fetch(item.source, limits.video_max_bytes, gate)
-        return await self._run(decode_video, data, policy, limits)
+            decoded = await self._run(decode_audio, data, policy, limits)
+        else:
+            data = await self._fetch(item.source, limits.video_max_bytes, gate)
+            decoded = await self._run(decode_video, data, policy, limits)
+        return decoded, (data,) if keep_bytes else ()
 
     async def _fetch(
         self, source: str, max_bytes: int, gate: asyncio.Semaphore, *, bare_base64: bool = False

@@ -1,0 +1,181 @@
+"""The upstream engine: relays each request to vLLM-Omni, Model Studio or any OpenAI-compatible
+server, and translates the answer into omniserve's events.
+
+A request may move to another replica until its first event has been passed on (nothing has
+reached the client yet); after that, a failure ends the stream with an error event. A client
+that goes away closes the upstream stream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from omniserve.catalog import Catalog
+from omniserve.config import UpstreamSettings, UpstreamSpec
+from omniserve.engines.base import EngineEvent, GenerationJob
+from omniserve.engines.upstream.errors import UpstreamBroken, UpstreamError, upstream_error
+from omniserve.engines.upstream.pool import ReplicaSet
+from omniserve.engines.upstream.request import request_body
+from omniserve.engines.upstream.stream import StreamTranslator
+from omniserve.protocol.tokens import QwenTokenizer
+
+log = logging.getLogger("omniserve.upstream")
+
+
+class UpstreamConfigError(Exception):
+    """Upstreams configured in a way that cannot work; the message says what to change."""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "cannot connect"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "the stream stalled"
+    return "the connection broke"
+
+
+class UpstreamEngine:
+    name = "upstream"
+    speaks = True
+    wants_media_bytes = True  # media are forwarded as the bytes omniserve fetched
+
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        catalog: Catalog,
+        tokenizer: QwenTokenizer,
+        *,
+        chunk_bytes: int,
+    ) -> None:
+        if not settings.upstreams:
+            raise UpstreamConfigError(
+                "the upstream engine needs [[upstream.upstreams]] in the config file "
+                "(see docs/deploy.md)"
+            )
+        self.tokenizer = tokenizer
+        self.chunk_bytes = chunk_bytes
+        self.routes: dict[str, tuple[UpstreamSpec, str]] = {}
+        self.sets: dict[str, ReplicaSet] = {}
+        for spec in settings.upstreams:
+            if spec.name in self.sets:
+                raise UpstreamConfigError(f"two upstreams are named {spec.name!r}")
+            for served, model in spec.models.items():
+                if served not in catalog:
+                    raise UpstreamConfigError(
+                        f"upstream {spec.name}: {served!r} is not a model of the catalog "
+                        "(see `omniserve models`)"
+                    )
+                if served in self.routes:
+                    raise UpstreamConfigError(f"{served!r} is routed to two upstreams")
+                self.routes[served] = (spec, model)
+            try:
+                self.sets[spec.name] = ReplicaSet(spec)
+            except ValueError as exc:
+                raise UpstreamConfigError(str(exc)) from None
+        self._catalog = catalog.restricted_to(self.routes)
+
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def speaks_for(self, job: GenerationJob) -> bool:
+        """An upstream that cannot speak gets omniserve's own speech."""
+        return self.routes[job.model.name][0].audio_output
+
+    async def start(self) -> None:
+        for replicas in self.sets.values():
+            replicas.start()
+
+    async def close(self) -> None:
+        for replicas in self.sets.values():
+            await replicas.close()
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+        spec, model = self.routes[job.model.name]
+        replicas = self.sets[spec.name]
+        body = json.dumps(request_body(spec, job, model)).encode()
+        tried: set[int] = set()
+        last: UpstreamError | None = None
+        while (index := replicas.pick(tried)) is not None:
+            tried.add(index)
+            replica = replicas.begin(index)
+            ok: bool | None = None
+            sent = False
+            try:
+                request = replicas.client.build_request(
+                    "POST",
+                    f"{replica.base_url}/chat/completions",
+                    content=body,
+                    headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+                )
+                async with asyncio.timeout(spec.first_byte_timeout_s):
+                    response = await replicas.client.send(request, stream=True)
+                try:
+                    if response.status_code != 200:
+                        raise await self._refusal(spec, response)
+                    translator = StreamTranslator(spec, job, self.chunk_bytes, self.tokenizer)
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        for event in translator.feed(line[5:].strip()):
+                            sent = True
+                            yield event
+                        if translator.done:
+                            break
+                    if not translator.done and translator.finish is None:
+                        raise UpstreamBroken("the stream ended before it was complete")
+                finally:
+                    await response.aclose()
+                for event in translator.close():
+                    sent = True
+                    yield event
+                ok = True
+                return
+            except (httpx.TransportError, TimeoutError) as exc:
+                ok = False
+                last = UpstreamBroken(_describe(exc))
+                log.warning("upstream %s replica %s: %s", spec.name, replica.base_url, last.message)
+                if sent:
+                    raise last from None
+            except UpstreamError as exc:
+                ok = not exc.retryable
+                if sent or not exc.retryable:
+                    raise
+                last = exc
+                log.warning("upstream %s replica %s: %s", spec.name, replica.base_url, exc.message)
+            except (GeneratorExit, asyncio.CancelledError):
+                ok = None  # the client left; nothing is known about the replica
+                raise
+            finally:
+                replicas.end(replica, ok=ok)
+        raise last or UpstreamBroken(f"no replica of upstream {spec.name} is available")
+
+    @staticmethod
+    async def _refusal(spec: UpstreamSpec, response: httpx.Response) -> UpstreamError:
+        raw = await response.aread()
+        body: Any = None
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        return upstream_error(
+            response.status_code,
+            body,
+            dashscope=spec.kind == "dashscope",
+            retry_after=_retry_after(response),
+        )

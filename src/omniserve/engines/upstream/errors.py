@@ -1,0 +1,119 @@
+"""Upstream failures -> omniserve's errors, in the DashScope envelope with the right status.
+
+Model Studio's own 400 and 429 errors pass through verbatim. Other servers' client errors (400)
+keep their message; their credential and routing errors (401, 403, 404) are omniserve's configuration, so
+the client gets a 503 that does not leak the upstream's details; overload (429) stays a 429 with
+``Retry-After``; server errors become a 503. ``retryable`` says whether another replica may
+succeed where this one failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omniserve.errors import ApiError
+
+
+class UpstreamError(ApiError):
+    """An error answered by, or about, an upstream; status and code set per instance."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        type: str,
+        param: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.code = code
+        self.type = type
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is not None:
+            return {"Retry-After": str(max(1, round(self.retry_after)))}
+        return {}
+
+
+class UpstreamBroken(UpstreamError):
+    """The upstream could not be reached, or its stream broke or made no sense."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"The model service is unavailable: {detail}.",
+            status=503,
+            code="ServiceUnavailable",
+            type="service_unavailable",
+            retryable=True,
+        )
+
+
+def _inner(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict):
+            return inner
+        if body.get("object") == "error":
+            return body
+    return {}
+
+
+def upstream_error(
+    status: int | None, body: Any, *, dashscope: bool = False, retry_after: float | None = None
+) -> UpstreamError:
+    """The client's error for an upstream's HTTP ``status`` (None: an error event mid-stream)."""
+    inner = _inner(body)
+    message = str(inner.get("message") or "").strip() or "no message"
+    code = inner.get("code")
+    if status is None and isinstance(code, int):
+        status = code
+    if dashscope and isinstance(code, str) and status in (400, 429):
+        return UpstreamError(
+            message,
+            status=status,
+            code=code,
+            type=str(inner.get("type") or "invalid_request_error"),
+            param=inner.get("param") if isinstance(inner.get("param"), str) else None,
+            retryable=status == 429,
+            retry_after=retry_after,
+        )
+    if status is None or status >= 500:
+        return UpstreamError(
+            f"The model service failed: {message}",
+            status=503,
+            code="ServiceUnavailable",
+            type="service_unavailable",
+            retryable=True,
+        )
+    if status in (408, 429):
+        return UpstreamError(
+            "You have exceeded your current request limit. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#rate-limit",
+            status=429,
+            code="limit_requests",
+            type="limit_requests",
+            retryable=True,
+            retry_after=retry_after if retry_after is not None else 1.0,
+        )
+    if status in (401, 403, 404):
+        return UpstreamError(
+            f"The model service refused the request ({status}); check omniserve's upstream "
+            "configuration.",
+            status=503,
+            code="ServiceUnavailable",
+            type="service_unavailable",
+            retryable=False,
+        )
+    return UpstreamError(
+        message,
+        status=400,
+        code="invalid_parameter_error",
+        type="invalid_request_error",
+        param=inner.get("param") if isinstance(inner.get("param"), str) else None,
+    )
