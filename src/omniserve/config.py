@@ -132,7 +132,7 @@ class UpstreamSpec(BaseModel):
     first_byte_timeout_s: float = Field(default=60.0, gt=0)  # request sent -> response headers
     idle_timeout_s: float = Field(default=60.0, gt=0)  # between two chunks of a stream
     max_connections: int = Field(default=256, ge=1)
-    health_path: str | None = "/health"  # from the base URL's origin; None: no health checks
+    health_path: str = "/health"  # GET on each replica's origin; "" for no health checks
     health_interval_s: float = Field(default=10.0, gt=0)
     failure_threshold: int = Field(default=3, ge=1)  # consecutive failures that open the circuit
     cooldown_s: float = Field(default=10.0, gt=0)  # how long an open circuit stays open

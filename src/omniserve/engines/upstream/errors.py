@@ -1,9 +1,9 @@
 """Upstream failures -> omniserve's errors, in the DashScope envelope with the right status.
 
 Model Studio's own 400 and 429 errors pass through verbatim. Other servers' client errors (400)
-keep their message; their credential and routing errors (401, 403, 404) are omniserve's configuration, so
-the client gets a 503 that does not leak the upstream's details; overload (429) stays a 429 with
-``Retry-After``; server errors become a 503. ``retryable`` says whether another replica may
+keep their message; credential and routing errors (401, 403, 404) are omniserve's configuration,
+so the client gets a 503 that does not leak the upstream's details; overload (429) stays a 429
+with ``Retry-After``; server errors become a 503. ``retryable`` says whether another replica may
 succeed where this one failed.
 """
 

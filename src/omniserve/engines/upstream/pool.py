@@ -106,13 +106,13 @@ class ReplicaSet:
     # -- health ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.spec.health_path is not None and self._health is None:
+        if self.spec.health_path and self._health is None:
             self._health = asyncio.create_task(self._health_loop())
 
     async def check(self) -> None:
         """One health check of every replica."""
         path = self.spec.health_path
-        if path is None:
+        if not path:
             return
 
         async def one(replica: Replica) -> None:

@@ -161,7 +161,7 @@ class StreamTranslator:
 
     def _audio(self, b64: str) -> list[EngineEvent]:
         try:
-            raw = base64.b64decode(b64, validate=False)
+            raw = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             raise UpstreamBroken("the upstream sent audio that is not base64") from None
         self.pending += self.audio.feed(raw)
