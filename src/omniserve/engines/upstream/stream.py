@@ -102,7 +102,8 @@ class StreamTranslator:
         self.spec, self.job = spec, job
         self.chunk_bytes = chunk_bytes
         self.tokenizer = tokenizer
-        self.audio = AudioNormalizer(spec.audio_rate)
+        # Model Studio's audio is PCM16 at 24 kHz by definition, whatever the config says.
+        self.audio = AudioNormalizer(SAMPLE_RATE if spec.kind == "dashscope" else spec.audio_rate)
         self.pending = b""  # audio not yet sent: chunks leave whole
         self.finish: FinishReason | None = None
         self.usage: dict[str, Any] | None = None
