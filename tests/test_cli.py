@@ -202,3 +202,18 @@ def test_serve_open_weights_from_a_directory(tmp_path: Path) -> None:
             proc.stdout.close()
             assert "Traceback" not in output, output
             assert f"loaded {checkpoint}: qwen2.5-omni instruct, speaks as" in output
+
+
+def test_serve_upstream_needs_upstreams_and_their_keys(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--port", "1", "--engine", "upstream"])
+    assert result.exit_code == 1
+    assert "[[upstream.upstreams]]" in result.output and "Traceback" not in result.output
+    config = tmp_path / "omniserve.toml"
+    config.write_text(
+        'engine = "upstream"\n[[upstream.upstreams]]\nname = "omni"\nkind = "vllm-omni"\n'
+        'base_urls = ["http://127.0.0.1:9/v1"]\napi_key_env = "OMNISERVE_TEST_NO_SUCH_KEY"\n'
+        'models = { "qwen3-omni-flash" = "Qwen/Qwen3-Omni-30B-A3B-Instruct" }\n'
+    )
+    result = runner.invoke(app, ["serve", "--port", "1", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "OMNISERVE_TEST_NO_SUCH_KEY is not set" in " ".join(result.output.split())

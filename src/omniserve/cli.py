@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from omniserve.catalog import LANGUAGE_NAMES, Catalog
@@ -48,7 +49,7 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     try:
         return load_settings(config, **given)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -132,7 +133,7 @@ def serve(
         # Weights load before the port opens, with progress, so a failure is one clear line.
         asyncio.run(service.engine.start())
     except (SpeechError, TokenizerUnavailable, CheckpointError, UpstreamConfigError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     console.print(
         f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "

@@ -235,3 +235,13 @@ def test_a_client_that_leaves_closes_the_upstream_stream() -> None:
             assert next(lines).startswith("data: ")
         wait_until(lambda: fake.disconnected == 1)
         assert fake.finished == 0
+
+
+def test_the_key_comes_from_its_environment_variable(monkeypatch: Any) -> None:
+    monkeypatch.setenv("OMNISERVE_TEST_UPSTREAM_KEY", "sk-upstream-secret")
+    with (
+        FakeUpstream("openai") as fake,
+        relay(fake, api_key_env="OMNISERVE_TEST_UPSTREAM_KEY") as s,
+    ):
+        _speak(s)
+        assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-upstream-secret"
