@@ -245,3 +245,24 @@ def test_the_key_comes_from_its_environment_variable(monkeypatch: Any) -> None:
     ):
         _speak(s)
         assert fake.requests[-1]["headers"]["authorization"] == "Bearer sk-upstream-secret"
+
+
+def test_after_a_failure_a_successful_stream_closes_the_circuit_again() -> None:
+    """A replica that failed once and then served a stream takes concurrent streams again
+    (success used to be lost when the client closed the stream after its last event)."""
+    with FakeUpstream("openai", Behaviour(status=500)) as fake, relay(fake) as server:
+        assert _post(server).status_code == 503
+        fake.behaviour.status = 200
+        assert _speak(server)["text"] == TEXT
+        replica = server.service.engine.sets["up"].replicas[0]  # type: ignore[attr-defined]
+        assert replica.failures == 0
+        results: list[str] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(_speak(server)["text"]))
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == [TEXT] * 8

@@ -9,6 +9,7 @@ that goes away closes the upstream stream at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -48,6 +49,14 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, httpx.ReadTimeout):
         return "the stream stalled"
     return "the connection broke"
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the rest of a finished stream (its terminator) so the connection can be reused."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(1.0):
+            async for _ in lines:
+                pass
 
 
 class UpstreamEngine:
@@ -129,7 +138,8 @@ class UpstreamEngine:
                     if response.status_code != 200:
                         raise await self._refusal(spec, response)
                     translator = StreamTranslator(spec, job, self.chunk_bytes, self.tokenizer)
-                    async for line in response.aiter_lines():
+                    lines = response.aiter_lines()
+                    async for line in lines:
                         if not line.startswith("data:"):
                             continue
                         for event in translator.feed(line[5:].strip()):
@@ -139,13 +149,24 @@ class UpstreamEngine:
                             break
                     if not translator.done and translator.finish is None:
                         raise UpstreamBroken("the stream ended before it was complete")
+                    await _drain(lines)
                 finally:
                     await response.aclose()
+                # The upstream did its part: whatever the client does now says nothing about it.
+                ok = True
                 for event in translator.close():
                     sent = True
                     yield event
-                ok = True
                 return
+            except httpx.PoolTimeout:
+                # Every pooled connection is busy: omniserve's own limit, not the replica's fault.
+                raise UpstreamError(
+                    "Too many streams are open to the model service; retry in a moment.",
+                    status=503,
+                    code="ServiceUnavailable",
+                    type="service_unavailable",
+                    retry_after=1.0,
+                ) from None
             except (httpx.TransportError, TimeoutError) as exc:
                 ok = False
                 last = UpstreamBroken(_describe(exc))
@@ -159,8 +180,7 @@ class UpstreamEngine:
                 last = exc
                 log.warning("upstream %s replica %s: %s", spec.name, replica.base_url, exc.message)
             except (GeneratorExit, asyncio.CancelledError):
-                ok = None  # the client left; nothing is known about the replica
-                raise
+                raise  # the client left: ``ok`` stays what the upstream earned so far
             finally:
                 replicas.end(replica, ok=ok)
         raise last or UpstreamBroken(f"no replica of upstream {spec.name} is available")
