@@ -120,3 +120,32 @@ def median_pitch(pcm: bytes) -> float:
         if corr[lag] > 0.3 * corr[0]:
             pitches.append(24_000 / lag)
     return float(np.median(pitches))
+
+
+def stream_reply(server: LiveServer, **kwargs: Any) -> dict[str, Any]:
+    """One streamed completion through the openai SDK, gathered: text, reasoning, audio bytes,
+    the number of audio chunks, the finish reason and usage (without the SDK's None fields)."""
+    import base64
+
+    from openai import OpenAI
+
+    out: dict[str, Any] = {"text": "", "reasoning": "", "audio": b"", "chunks": 0}
+    out.update(usage=None, finish=None)
+    with OpenAI(api_key="sk-test", base_url=server.api, max_retries=0) as client:
+        stream = client.chat.completions.create(
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        )
+        for chunk in stream:
+            if chunk.usage is not None:
+                out["usage"] = chunk.usage.model_dump(exclude_none=True)
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            out["text"] += delta.content or ""
+            out["reasoning"] += getattr(delta, "reasoning_content", None) or ""
+            audio = getattr(delta, "audio", None)
+            if audio and audio.get("data"):
+                out["audio"] += base64.b64decode(audio["data"])
+                out["chunks"] += 1
+            out["finish"] = chunk.choices[0].finish_reason or out["finish"]
+    return out

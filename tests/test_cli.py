@@ -8,6 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -77,38 +80,60 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:
-    """`omniserve serve` as the README starts it, with settings from a TOML file and flags."""
+@dataclass
+class Served:
+    base: str
+    output: str = ""  # everything the server printed, once it has stopped
+
+
+@contextmanager
+def serving(*args: str, env: dict[str, str] | None = None, ready_s: float = 30) -> Iterator[Served]:
+    """`python -m omniserve serve ARGS` on a free port, ready; stopped with SIGTERM on exit,
+    checked to stop cleanly and print no traceback."""
     port = _free_port()
-    config = tmp_path / "omniserve.toml"
-    config.write_text(
-        'log_level = "warning"\nmodels = ["qwen3-omni-flash", "qwen-omni-turbo"]\n'
-        "[emulator]\ntokens_per_second = 0\nfirst_token_ms = 0\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "omniserve", "serve", "--port", str(port), "--config", str(config)],
-        env=env,
+        [sys.executable, "-m", "omniserve", "serve", "--port", str(port), *args],
+        env={**clean, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    served = Served(f"http://127.0.0.1:{port}")
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_s
         while True:
             try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
+                if httpx.get(f"{served.base}/readyz").status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.1)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down cleanly, then re-raises the signal it caught.
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        if proc.stdout is not None:
+            served.output = proc.stdout.read().decode()
+            proc.stdout.close()
+            assert "Traceback" not in served.output, served.output
+
+
+def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:
+    """`omniserve serve` as the README starts it, with settings from a TOML file and flags."""
+    config = tmp_path / "omniserve.toml"
+    config.write_text(
+        'log_level = "warning"\nmodels = ["qwen3-omni-flash", "qwen-omni-turbo"]\n'
+        "[emulator]\ntokens_per_second = 0\nfirst_token_ms = 0\n"
+    )
+    with serving("--config", str(config)) as server:
         for prefix in ("/compatible-mode/v1", "/v1"):
-            models = httpx.get(f"{base}{prefix}/models").json()
+            models = httpx.get(f"{server.base}{prefix}/models").json()
             assert [m["id"] for m in models["data"]] == ["qwen3-omni-flash", "qwen-omni-turbo"]
         r = httpx.post(
-            f"{base}/v1/chat/completions",
+            f"{server.base}/v1/chat/completions",
             json={
                 "model": "qwen2.5-omni-7b",
                 "stream": True,
@@ -116,14 +141,6 @@ def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:
             },
         )
         assert r.status_code == 404
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down cleanly, then re-raises the signal it caught.
-        assert proc.wait(15) in (0, -signal.SIGTERM)
-        if proc.stdout is not None:
-            output = proc.stdout.read().decode()
-            proc.stdout.close()
-            assert "Traceback" not in output, output
 
 
 def test_serve_refuses_to_start_without_espeak() -> None:
@@ -157,28 +174,10 @@ def test_serve_open_weights_from_a_directory(tmp_path: Path) -> None:
     from tiny_omni import QWEN25, build_tiny
 
     checkpoint = build_tiny(tmp_path / "Qwen2.5-Omni-Tiny", QWEN25)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
-    env["OMNISERVE_TRANSFORMERS__GENERATE_KWARGS"] = '{"talker_eos_token_id": [62]}'
-    args = ["serve", "--port", str(port), "--model", str(checkpoint), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omniserve", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+    env = {"OMNISERVE_TRANSFORMERS__GENERATE_KWARGS": '{"talker_eos_token_id": [62]}'}
+    args = ("--model", str(checkpoint), "--log-level", "warning")
+    with serving(*args, env=env, ready_s=60) as server:
+        base = server.base
         assert httpx.get(f"{base}/readyz").json()["engine"] == "transformers"
         models = httpx.get(f"{base}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["qwen2.5-omni-7b"]
@@ -194,14 +193,7 @@ def test_serve_open_weights_from_a_directory(tmp_path: Path) -> None:
         )
         assert r.status_code == 200
         assert r.text.rstrip().endswith("data: [DONE]")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) in (0, -signal.SIGTERM)
-        if proc.stdout is not None:
-            output = proc.stdout.read().decode()
-            proc.stdout.close()
-            assert "Traceback" not in output, output
-            assert f"loaded {checkpoint}: qwen2.5-omni instruct, speaks as" in output
+    assert f"loaded {checkpoint}: qwen2.5-omni instruct, speaks as" in server.output
 
 
 def test_serve_upstream_needs_upstreams_and_their_keys(tmp_path: Path) -> None:

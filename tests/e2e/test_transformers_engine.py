@@ -21,8 +21,6 @@ from PIL import Image
 from helpers import LiveServer, fast_settings, live_server
 from tiny_omni import QWEN3, QWEN25, build_qwen3_thinking, build_tiny
 
-pytest.importorskip("torch")
-
 NAMES = {QWEN25: "qwen2.5-omni-7b", QWEN3: "qwen3-omni-flash"}
 VOICES = {QWEN25: "Ethan", QWEN3: "Cherry"}
 # Samples of 24 kHz audio per speech code: Qwen2.5 token2wav 2 mel frames x 240, Qwen3 code2wav.

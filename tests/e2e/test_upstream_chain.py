@@ -8,14 +8,12 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-from openai import OpenAI
 from PIL import Image
 
-from helpers import LiveServer, fast_settings, live_server
+from helpers import LiveServer, fast_settings, live_server, stream_reply
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +34,6 @@ def chain() -> Iterator[tuple[LiveServer, LiveServer]]:
             yield front, back
 
 
-def _reply(server: LiveServer, **kwargs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"text": "", "reasoning": "", "audio": b"", "usage": None, "finish": None}
-    with OpenAI(api_key="sk-test", base_url=server.api, max_retries=0) as client:
-        stream = client.chat.completions.create(
-            stream=True, stream_options={"include_usage": True}, **kwargs
-        )
-        for chunk in stream:
-            if chunk.usage is not None:
-                out["usage"] = chunk.usage.model_dump(exclude_none=True)
-            if not chunk.choices:
-                continue
-            delta = chunk.choices[0].delta
-            out["text"] += delta.content or ""
-            out["reasoning"] += getattr(delta, "reasoning_content", None) or ""
-            audio = getattr(delta, "audio", None)
-            if audio and audio.get("data"):
-                out["audio"] += base64.b64decode(audio["data"])
-            out["finish"] = chunk.choices[0].finish_reason or out["finish"]
-    return out
-
-
 def test_only_the_routed_names_are_served(chain: tuple[LiveServer, LiveServer]) -> None:
     front, _ = chain
     names = [m["id"] for m in httpx.get(f"{front.api}/models").json()["data"]]
@@ -72,7 +49,7 @@ def test_text_and_speech_come_through_unchanged(chain: tuple[LiveServer, LiveSer
         audio={"voice": "Cherry", "format": "wav"},
         seed=7,
     )
-    relayed, direct = _reply(front, **request), _reply(back, **request)
+    relayed, direct = stream_reply(front, **request), stream_reply(back, **request)
     assert relayed["text"] == direct["text"] and relayed["text"]
     assert relayed["audio"] == direct["audio"] and len(relayed["audio"]) > 24_000
     assert relayed["usage"] == direct["usage"]
@@ -98,7 +75,7 @@ def test_thinking_and_media_come_through(chain: tuple[LiveServer, LiveServer]) -
         extra_body={"enable_thinking": True},
         seed=3,
     )
-    relayed, direct = _reply(front, **request), _reply(back, **request)
+    relayed, direct = stream_reply(front, **request), stream_reply(back, **request)
     assert relayed["reasoning"] and relayed["reasoning"] == direct["reasoning"]
     assert relayed["text"] == direct["text"]
     assert "320" in relayed["text"]  # the back server saw the image itself

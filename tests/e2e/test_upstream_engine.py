@@ -3,7 +3,6 @@ Studio's and OpenAI's dialects, with their quirks, driven through omniserve."""
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -11,10 +10,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from openai import OpenAI
 
 from engines.upstream.fakes import Behaviour, FakeUpstream, Kind, wait_until
-from helpers import LiveServer, fast_settings, live_server, read_sse
+from helpers import LiveServer, fast_settings, live_server, read_sse, stream_reply
 
 MODEL = "qwen3-omni-flash"
 TEXT = Behaviour().text
@@ -35,28 +33,9 @@ def relay(*fakes: FakeUpstream, kind: Kind | None = None, **spec: Any) -> Iterat
 
 
 def _speak(server: LiveServer, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"text": "", "reasoning": "", "audio": b"", "chunks": 0, "usage": None}
-    with OpenAI(api_key="sk-test", base_url=server.api, max_retries=0) as client:
-        stream = client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "Hello!"}],
-            stream=True,
-            stream_options={"include_usage": True},
-            **extra,
-        )
-        for chunk in stream:
-            if chunk.usage is not None:
-                out["usage"] = chunk.usage.model_dump(exclude_none=True)
-            if not chunk.choices:
-                continue
-            delta = chunk.choices[0].delta
-            out["text"] += delta.content or ""
-            out["reasoning"] += getattr(delta, "reasoning_content", None) or ""
-            audio = getattr(delta, "audio", None)
-            if audio and audio.get("data"):
-                out["audio"] += base64.b64decode(audio["data"])
-                out["chunks"] += 1
-    return out
+    return stream_reply(
+        server, model=MODEL, messages=[{"role": "user", "content": "Hello!"}], **extra
+    )
 
 
 AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "Cherry", "format": "wav"}}

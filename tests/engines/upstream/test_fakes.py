@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
 from typing import Any
 
@@ -14,30 +13,18 @@ import pytest
 import soundfile as sf
 
 from engines.upstream.fakes import Behaviour, FakeUpstream, Kind, wait_until
+from helpers import chat_body, read_sse
 
 TEXT = "Hello from upstream. How are you today?"
 
 
 def _body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": "m-1",
-        "messages": [{"role": "user", "content": "Say hello, please."}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    body.update(overrides)
-    return {k: v for k, v in body.items() if v is not None}
+    defaults = {"model": "m-1", "messages": [{"role": "user", "content": "Say hello, please."}]}
+    return chat_body(**{**defaults, **overrides})
 
 
 def _parse(lines: list[str]) -> list[Any]:
-    events: list[Any] = []
-    for line in lines:
-        if not line:
-            continue
-        assert line.startswith("data: "), line
-        data = line[len("data: ") :]
-        events.append(data if data == "[DONE]" else json.loads(data))
-    return events
+    return read_sse(iter(lines))
 
 
 def _stream(up: FakeUpstream, body: dict[str, Any], **client: Any) -> list[Any]:
