@@ -9,6 +9,7 @@ next streamer call, so generation stops within one decoding step.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import warnings
@@ -398,7 +399,7 @@ class RequestRun:
         device = next(self.loaded.model.token2wav.parameters()).device
         return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in params.items()}
 
-    @property
+    @functools.cached_property
     def _talker_eos(self) -> set[int]:
         eos = self.options.generate_kwargs.get("talker_eos_token_id") or self._default_talker_eos()
         return {int(i) for i in (eos if isinstance(eos, list) else [eos])}
