@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -9,9 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
 import uvicorn
 
+from omniserve.accounts.admission import Accounts
 from omniserve.api.app import create_app
 from omniserve.config import Settings, load_settings
 from omniserve.engines.base import Engine
@@ -23,6 +31,7 @@ from omniserve.service import ChatService
 class LiveServer:
     base_url: str  # http://127.0.0.1:PORT
     service: ChatService
+    accounts: Accounts
 
     @property
     def api(self) -> str:
@@ -30,9 +39,14 @@ class LiveServer:
 
 
 def fast_settings(**overrides: Any) -> Settings:
-    """Zero emulator pacing: tests never wait on a simulated clock."""
+    """Zero emulator pacing: tests never wait on a simulated clock. Each server gets its own
+    empty data directory (its own keys and ledger)."""
     emulator = {"tokens_per_second": 0, "first_token_ms": 0, **overrides.pop("emulator", {})}
-    return load_settings(None, emulator=emulator, **overrides)
+    accounts = {
+        "data_dir": tempfile.mkdtemp(prefix="omniserve-test-"),
+        **overrides.pop("accounts", {}),
+    }
+    return load_settings(None, emulator=emulator, accounts=accounts, **overrides)
 
 
 @contextmanager
@@ -44,8 +58,9 @@ def live_server(
 ) -> Iterator[LiveServer]:
     """Run the app on an ephemeral port in a thread; stop it on exit."""
     service = ChatService(settings or fast_settings(), engine=engine, resolver=resolver)
+    app = create_app(service=service)
     config = uvicorn.Config(
-        create_app(service=service),
+        app,
         host="127.0.0.1",
         port=0,
         log_level="warning",
@@ -61,7 +76,9 @@ def live_server(
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield LiveServer(base_url=f"http://127.0.0.1:{port}", service=service)
+        yield LiveServer(
+            base_url=f"http://127.0.0.1:{port}", service=service, accounts=app.state.accounts
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -149,3 +166,76 @@ def stream_reply(server: LiveServer, **kwargs: Any) -> dict[str, Any]:
                 out["chunks"] += 1
             out["finish"] = chunk.choices[0].finish_reason or out["finish"]
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    base: str
+    output: str = ""  # everything the server printed, once it has stopped
+
+
+@contextmanager
+def serving(*args: str, env: dict[str, str] | None = None, ready_s: float = 30) -> Iterator[Served]:
+    """`python -m omniserve serve ARGS` on a free port, ready; stopped with SIGTERM on exit,
+    checked to stop cleanly and print no traceback."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniserve", "serve", "--port", str(port), *args],
+        env={**clean, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    served = Served(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            try:
+                if httpx.get(f"{served.base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        yield served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down cleanly, then re-raises the signal it caught.
+        assert proc.wait(30) in (0, -signal.SIGTERM)
+        if proc.stdout is not None:
+            served.output = proc.stdout.read().decode()
+            proc.stdout.close()
+            assert "Traceback" not in served.output, served.output
+
+
+async def burst(apis: list[str], secret: str, body: dict[str, Any], n: int) -> list[int]:
+    """``n`` streams at once, spread over ``apis``; every status is read before any stream is
+    drained, so each admitted stream still holds its reservation when the last is decided."""
+    import asyncio
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        gate = asyncio.Event()
+        statuses: list[int] = []
+
+        async def one(api: str) -> None:
+            async with client.stream(
+                "POST",
+                f"{api}/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {secret}"},
+            ) as resp:
+                statuses.append(resp.status_code)
+                if len(statuses) == n:
+                    gate.set()
+                await gate.wait()
+                await resp.aread()
+
+        await asyncio.gather(*(one(apis[i % len(apis)]) for i in range(n)))
+        return statuses

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from typer.testing import CliRunner
 
+from helpers import serving
 from omniserve.catalog import Catalog
 from omniserve.cli import app
 
@@ -72,53 +64,6 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["models", "--config", str(config)])
     assert result.exit_code == 2
     assert "port" in result.output
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Served:
-    base: str
-    output: str = ""  # everything the server printed, once it has stopped
-
-
-@contextmanager
-def serving(*args: str, env: dict[str, str] | None = None, ready_s: float = 30) -> Iterator[Served]:
-    """`python -m omniserve serve ARGS` on a free port, ready; stopped with SIGTERM on exit,
-    checked to stop cleanly and print no traceback."""
-    port = _free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNISERVE_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "omniserve", "serve", "--port", str(port), *args],
-        env={**clean, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    served = Served(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + ready_s
-        while True:
-            try:
-                if httpx.get(f"{served.base}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
-        yield served
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down cleanly, then re-raises the signal it caught.
-        assert proc.wait(30) in (0, -signal.SIGTERM)
-        if proc.stdout is not None:
-            served.output = proc.stdout.read().decode()
-            proc.stdout.close()
-            assert "Traceback" not in served.output, served.output
 
 
 def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:

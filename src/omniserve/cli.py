@@ -55,10 +55,12 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8000].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind \\[default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port \\[default: 8000].")] = None,
     engine: Annotated[
-        str | None, typer.Option(help="Engine: emulator [default], transformers or upstream.")
+        str | None, typer.Option(help="Engine: emulator \\[default], transformers or upstream.")
     ] = None,
     model: Annotated[
         str | None,
@@ -66,13 +68,13 @@ def serve(
     ] = None,
     served_name: Annotated[
         str | None,
-        typer.Option(help="Name clients use for --model [default: the family's catalog name]."),
+        typer.Option(help="Name clients use for --model \\[default: the family's catalog name]."),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="transformers: auto [default], cpu, cuda, cuda:1.")
+        str | None, typer.Option(help="transformers: auto \\[default], cpu, cuda, cuda:1.")
     ] = None,
     dtype: Annotated[
-        str | None, typer.Option(help="transformers: auto [default], bfloat16, float16, float32.")
+        str | None, typer.Option(help="transformers: auto \\[default], bfloat16, float16, float32.")
     ] = None,
     device_map: Annotated[
         str | None, typer.Option(help="transformers: spread over GPUs, e.g. auto.")
@@ -82,7 +84,7 @@ def serve(
     ] = None,
     audio_output: Annotated[
         str | None,
-        typer.Option(help="transformers: auto [default]; off never loads the talker."),
+        typer.Option(help="transformers: auto \\[default]; off never loads the talker."),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="critical|error|warning|info|debug.")
@@ -92,6 +94,20 @@ def serve(
     ] = None,
     first_token_ms: Annotated[
         float | None, typer.Option(help="Emulator delay before the first token.")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="Keys and ledger in PostgreSQL (postgresql://…) \\[default: SQLite]."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Share rate limits between replicas (redis://…).")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the SQLite database lives.")] = None,
+    insecure_no_auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure-no-auth", help="Serve a non-loopback address without any API key."
+        ),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -120,6 +136,17 @@ def serve(
         log_level=log_level,
         tokens_per_second=tokens_per_second,
         first_token_ms=first_token_ms,
+        accounts={
+            k: v
+            for k, v in (
+                ("database_url", database_url),
+                ("redis_url", redis_url),
+                ("data_dir", data_dir),
+                ("insecure_no_auth", insecure_no_auth),
+            )
+            if v is not None
+        }
+        or None,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -135,6 +162,7 @@ def serve(
     except (SpeechError, TokenizerUnavailable, CheckpointError, UpstreamConfigError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    _check_exposure(settings)
     console.print(
         f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "
         f"(engine: {settings.engine})"
@@ -146,6 +174,47 @@ def serve(
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+def _check_exposure(settings: Settings) -> None:
+    """The database opens (migrated), and a public address is never served without keys."""
+    from omniserve.accounts.database import DatabaseError, database_url, open_database
+    from omniserve.accounts.keys import KeyStore
+
+    accounts = settings.accounts
+    try:
+        engine = open_database(database_url(accounts.database_url, accounts.data_dir.expanduser()))
+    except DatabaseError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    try:
+        _, _, any_key = KeyStore(engine).active()
+    finally:
+        engine.dispose()
+    if any_key or is_loopback(settings.host):
+        return
+    if not accounts.insecure_no_auth:
+        console.print(
+            f"[red]error:[/red] refusing to serve {escape(settings.host)} without API keys: "
+            "anyone who can reach it could use it. Create a key first (`omniserve keys create "
+            "--name …`), bind 127.0.0.1, or pass --insecure-no-auth."
+        )
+        raise typer.Exit(2)
+    console.print(
+        f"[yellow]warning:[/yellow] serving {escape(settings.host)} without API keys "
+        "(--insecure-no-auth): anyone who can reach this port can use it."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()
@@ -213,6 +282,16 @@ def voices(
                 v.description,
             )
     console.print(table)
+
+
+def _register_accounts() -> None:
+    from omniserve.cli_accounts import keys_app, usage
+
+    app.add_typer(keys_app, name="keys")
+    app.command()(usage)
+
+
+_register_accounts()
 
 
 def main() -> None:

@@ -149,6 +149,34 @@ class UpstreamSpec(BaseModel):
         return key
 
 
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/omniserve``, else ``~/.local/share/omniserve``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "omniserve"
+
+
+class AccountsSettings(BaseModel):
+    """API keys, rate limits and the usage ledger (docs/accounts.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Where the SQLite database lives when no database_url is given.
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # postgresql://user:password@host/db for several replicas; SQLite in data_dir otherwise.
+    database_url: str | None = None
+    # redis://host:6379/0: rate limits shared by every replica; in-process otherwise.
+    redis_url: str | None = None
+    # Serve a non-loopback address without API keys (refused otherwise).
+    insecure_no_auth: bool = False
+    ledger: bool = True
+    # Ledger rows older than this are deleted (0: keep forever).
+    retention_days: int = Field(default=90, ge=0)
+    # A row still "running" after this long belongs to a server that died: "interrupted".
+    stale_after_s: float = Field(default=3600.0, ge=0)
+    # Whose list prices the ledger's cost uses: cn-beijing (CNY) or ap-southeast-1 (USD).
+    price_region: Literal["cn-beijing", "ap-southeast-1"] = "cn-beijing"
+
+
 class UpstreamSettings(BaseModel):
     """Remote engines: vLLM-Omni, Model Studio itself, or any OpenAI-compatible server."""
 
@@ -180,6 +208,7 @@ class Settings(BaseSettings):
     media: MediaSettings = Field(default_factory=MediaSettings)
     transformers: TransformersSettings = Field(default_factory=TransformersSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    accounts: AccountsSettings = Field(default_factory=AccountsSettings)
 
     @classmethod
     def settings_customise_sources(

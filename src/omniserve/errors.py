@@ -5,11 +5,16 @@
     │   ├── StreamRequired         400 stream must be true
     │   ├── InvalidMedia           400 media that breaks a rule of the spec
     │   └── MediaNotEnabled        400 media input switched off on this server
-    ├── InvalidApiKey              401 invalid_api_key
+    ├── InvalidApiKey              401 invalid_api_key (wrong or revoked key)
+    │   ├── MissingApiKey          401 no Authorization header
+    │   └── MalformedApiKey        401 an Authorization header that is not ``Bearer <key>``
+    ├── AccessDenied               403 a key without the admin right on an admin route
+    ├── FreeQuotaExhausted         403 the key's token quota is used up
     ├── ModelNotFound              404 model_not_found
     ├── NotFound                   404 a path that is not part of the API
     ├── MethodNotAllowed           405
     ├── RateLimited                429 limit_requests (carries Retry-After)
+    ├── TokenRateLimited           429 insufficient_quota: tokens per minute (Retry-After)
     ├── EngineBusy                 429 an engine queue is full (carries Retry-After)
     ├── ServiceUnavailable         503 the engine cannot serve now
     └── InternalError              500 a fault of ours; the message hides the details
@@ -112,6 +117,48 @@ class InvalidApiKey(ApiError):
         )
 
 
+class MissingApiKey(InvalidApiKey):
+    def __init__(self) -> None:
+        ApiError.__init__(
+            self,
+            "No API key provided. Send it as 'Authorization: Bearer sk-...'. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#apikey-error",
+        )
+
+
+class MalformedApiKey(InvalidApiKey):
+    def __init__(self) -> None:
+        ApiError.__init__(
+            self,
+            "Malformed Authorization header: expected 'Bearer sk-...'. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#apikey-error",
+        )
+
+
+class AccessDenied(ApiError):
+    status = 403
+    code = "AccessDenied"
+    type = "access_denied"
+
+    def __init__(self, message: str = "Access denied: this route needs an admin API key.") -> None:
+        super().__init__(message)
+
+
+class FreeQuotaExhausted(ApiError):
+    """The vendor's answer when a free quota is used up and paid use is off."""
+
+    status = 403
+    code = "AllocationQuota.FreeTierOnly"
+    type = "AllocationQuota.FreeTierOnly"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The free tier of the model has been exhausted. If you wish to continue access the "
+            'model on a paid basis, please disable the "use free tier only" mode in the '
+            "management console."
+        )
+
+
 class ModelNotFound(ApiError):
     status = 404
     code = "model_not_found"
@@ -142,6 +189,19 @@ class RateLimited(_RetryAfter):
         super().__init__(
             "You have exceeded your current request limit. For details, see: "
             "https://help.aliyun.com/zh/model-studio/error-code#rate-limit",
+            retry_after=retry_after,
+        )
+
+
+class TokenRateLimited(_RetryAfter):
+    """Tokens per minute used up: the vendor's code and message for TPM."""
+
+    code = "insufficient_quota"
+    type = "insufficient_quota"
+
+    def __init__(self, *, retry_after: float) -> None:
+        super().__init__(
+            "Allocated quota exceeded, please increase your quota limit.",
             retry_after=retry_after,
         )
 

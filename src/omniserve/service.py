@@ -7,7 +7,7 @@ the HTTP layer only parses, calls it and encodes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import Settings
@@ -90,13 +90,23 @@ class ChatService:
             return policy
         return billing_policy(job.model)
 
-    async def events(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+    async def events(
+        self,
+        job: GenerationJob,
+        *,
+        counted: Callable[[GenerationJob], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[EngineEvent]:
         """Media decoded, then the engine's events, with built-in speech when audio is asked of
-        a silent engine. Raises ``ApiError`` before the first event for refused media."""
+        a silent engine. Raises ``ApiError`` before the first event for refused media.
+
+        ``counted`` sees the job once its media are counted, before the engine starts (the
+        rate limiter reserves what the media added)."""
         if any(m.media for m in job.messages):
             keep = bool(getattr(self.engine, "wants_media_bytes", False))
             job = await self.media.process(job, self.media_policy(job), keep_bytes=keep)
             job = self.validator.finalize(job)
+            if counted is not None:
+                await counted(job)
         events = self.engine.generate(job)
         if job.voice is not None and not self._speaks(job):
             events = speak_along(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from omniserve.accounts.admission import Accounts, Caller
+from omniserve.api.auth import guard
 from omniserve.api.errors import error_response, render_error
 from omniserve.api.sse import encode_stream
 from omniserve.api.streaming import EventStreamResponse
@@ -31,18 +33,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def chat_completions(request: Request) -> Response:
+KEY = Depends(guard("key"))
+
+
+async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
+    """Authenticated (the guard), read, validated, admitted against the key's limits, then
+    streamed; the ticket settles the limits and writes the ledger when the stream ends."""
     service: ChatService = request.app.state.service
+    accounts: Accounts = request.app.state.accounts
     request_id = str(uuid.uuid4())
     try:
         body = await read_body(request, service.settings.max_request_bytes)
         validated = service.prepare(body, request_id)
+        ticket = await accounts.admit(caller, validated.job)
     except ApiError as exc:
         return error_response(exc, request_id)
     job = validated.job
     stream = encode_stream(
         job,
-        service.events(job),
+        ticket.meter(service.events(job, counted=ticket.fit)),
         include_usage=validated.include_usage,
         transcript=service.settings.speech.transcript,
     )
@@ -50,6 +59,7 @@ async def chat_completions(request: Request) -> Response:
         stream,
         render_error=lambda exc: render_error(exc, request_id),
         headers={"x-request-id": request_id},
+        on_close=ticket.abandon,
     )
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response
 
+from omniserve.accounts.admission import Caller
+from omniserve.api.auth import guard
 from omniserve.api.errors import error_response
 from omniserve.catalog import ModelSpec
 from omniserve.errors import ModelNotFound
 from omniserve.service import ChatService
 
 router = APIRouter()
+KEY = Depends(guard("key"))
 
 
 def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
@@ -37,16 +40,17 @@ def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
     }
 
 
-async def list_models(request: Request) -> Response:
+async def list_models(request: Request, caller: Caller = KEY) -> Response:
+    """The served models this caller's key may use."""
     service: ChatService = request.app.state.service
     created: int = request.app.state.started_at
-    data = [model_object(m, created) for m in service.models()]
+    data = [model_object(m, created) for m in service.models() if caller.may_use(m.name)]
     return JSONResponse({"object": "list", "data": data})
 
 
-async def get_model(request: Request, model_id: str) -> Response:
+async def get_model(request: Request, model_id: str, caller: Caller = KEY) -> Response:
     service: ChatService = request.app.state.service
-    if model_id not in service.catalog:
+    if model_id not in service.catalog or not caller.may_use(model_id):
         return error_response(ModelNotFound(model_id))
     model = service.catalog.get(model_id)
     return JSONResponse(model_object(model, request.app.state.started_at))

@@ -1,0 +1,378 @@
+"""Admission: who is calling, may they, and what they used.
+
+``Accounts`` authenticates a request's bearer key, reserves its estimated tokens against the
+key's limits before any work starts (``admit``), grows the reservation once the media are
+counted (``Ticket.fit``), and when the stream ends, however it ends, settles the reservation
+with the actual usage and puts the request on the ledger (``Ticket.meter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+from anyio.to_thread import run_sync
+
+from omniserve.accounts.database import database_url, open_database
+from omniserve.accounts.keys import ApiKey, KeyRing, KeyStore
+from omniserve.accounts.ledger import LedgerWriter, Outcome, Started, sweep
+from omniserve.accounts.limits import InProcessLimiter, Limiter, Limits, Refused, Reservation
+from omniserve.accounts.pricing import cost
+from omniserve.config import AccountsSettings
+from omniserve.engines.base import (
+    AudioDelta,
+    CompletionTokens,
+    EngineEvent,
+    Finished,
+    GenerationJob,
+    PromptTokens,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+)
+from omniserve.errors import (
+    AccessDenied,
+    ApiError,
+    FreeQuotaExhausted,
+    InvalidApiKey,
+    MalformedApiKey,
+    MissingApiKey,
+    ModelNotFound,
+    RateLimited,
+    TokenRateLimited,
+)
+from omniserve.protocol.tokens import QwenTokenizer
+
+log = logging.getLogger("omniserve.accounts")
+
+AuthLevel = Literal["public", "key", "admin"]
+SWEEP_EVERY_S = 3600.0
+PCM_BYTES_PER_SECOND = 24_000 * 2
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller; ``key`` is None on a server without keys."""
+
+    key: ApiKey | None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key.id if self.key else None
+
+    def may_use(self, model: str) -> bool:
+        return self.key is None or self.key.allows_model(model)
+
+
+def make_limiter(settings: AccountsSettings) -> Limiter:
+    if settings.redis_url:
+        from omniserve.accounts.redis_limits import RedisLimiter
+
+        return RedisLimiter.from_url(settings.redis_url)
+    return InProcessLimiter()
+
+
+def refusal(exc: Refused) -> ApiError:
+    """A limiter's refusal as the vendor's error."""
+    if exc.kind == "tpm":
+        return TokenRateLimited(retry_after=exc.retry_after or 1.0)
+    if exc.kind == "quota":
+        return FreeQuotaExhausted()
+    return RateLimited(retry_after=exc.retry_after or 1.0)
+
+
+def limits_for(key: ApiKey, job: GenerationJob) -> Limits:
+    """A key's own limits, with the model's catalog limits where the key sets none; 0: none."""
+
+    def pick(own: int | None, default: int | None) -> int | None:
+        value = default if own is None else own
+        return value or None
+
+    rates = job.model.rate_limits
+    return Limits(
+        rpm=pick(key.rpm, rates.requests_per_minute),
+        tpm=pick(key.tpm, rates.tokens_per_minute),
+        concurrency=pick(key.concurrency, None),
+        quota_tokens=pick(key.quota_tokens, None),
+    )
+
+
+def estimate_tokens(job: GenerationJob) -> int:
+    """What a request may use at most: its prompt, its reasoning budget and its answer."""
+    limits = job.model.mode_limits(job.thinking)
+    answer = job.max_tokens or limits.max_output
+    reasoning = 0
+    if job.thinking:
+        reasoning = job.thinking_budget or limits.max_reasoning or 0
+    return job.prompt_tokens.total + answer + reasoning
+
+
+class Accounts:
+    """Keys, limits and the ledger of one server."""
+
+    def __init__(
+        self,
+        settings: AccountsSettings,
+        tokenizer: QwenTokenizer,
+        *,
+        limiter: Limiter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.url = database_url(settings.database_url, settings.data_dir.expanduser())
+        self._limiter = limiter
+        self.limiter: Limiter = limiter or InProcessLimiter()
+        self.store: KeyStore | None = None
+        self.ring: KeyRing | None = None
+        self.writer: LedgerWriter | None = None
+        self._local = self.url.startswith("sqlite")
+        self._sweeper: asyncio.Task[None] | None = None
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        engine = await run_sync(open_database, self.url)
+        self.store = KeyStore(engine)
+        self.ring = KeyRing(self.store)
+        await run_sync(self.ring.refresh)
+        if self._limiter is None:
+            self.limiter = make_limiter(self.settings)
+        if self.settings.ledger:
+            self.writer = LedgerWriter(engine)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.writer is not None:
+            await run_sync(self.writer.close)
+        await self.limiter.close()
+        if self.store is not None:
+            self.store.engine.dispose()
+
+    async def _sweep_forever(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                interrupted, deleted = await run_sync(
+                    lambda: sweep(
+                        self.store.engine,  # type: ignore[union-attr]
+                        retention_days=self.settings.retention_days,
+                        stale_after_s=self.settings.stale_after_s,
+                    )
+                )
+                if interrupted or deleted:
+                    log.info("ledger: %d rows interrupted, %d expired", interrupted, deleted)
+            except Exception:
+                log.exception("ledger sweep failed")
+            await asyncio.sleep(SWEEP_EVERY_S)
+
+    async def _current_keys(self) -> KeyRing:
+        ring = self.ring
+        assert ring is not None, "Accounts.start() was not awaited"
+        if self._local:
+            ring.check()  # a local SQLite read: microseconds, not worth a thread hop
+        else:
+            await run_sync(ring.check)
+        return ring
+
+    async def keys_required(self) -> bool:
+        return (await self._current_keys()).required
+
+    async def authenticate(self, authorization: str | None, level: AuthLevel) -> Caller:
+        """The caller of a route at ``level``; raises the 401/403 errors of the API."""
+        if level == "public":
+            return Caller(None)
+        ring = await self._current_keys()
+        if not ring.required:
+            return Caller(None)
+        if authorization is None or not authorization.strip():
+            raise MissingApiKey()
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise MalformedApiKey()
+        key = ring.find(token)
+        if key is None:
+            raise InvalidApiKey()
+        if level == "admin" and not key.admin:
+            raise AccessDenied()
+        return Caller(key)
+
+    async def admit(self, caller: Caller, job: GenerationJob) -> Ticket:
+        """Reserves the request's estimated tokens, or raises the vendor's 403/404/429."""
+        started = time.monotonic()
+        key = caller.key
+        reservation: Reservation | None = None
+        if key is not None:
+            if not key.allows_model(job.model_name):
+                raise ModelNotFound(job.model_name)
+            try:
+                reservation = await self.limiter.reserve(
+                    job.request_id,
+                    key.id,
+                    limits_for(key, job),
+                    estimate_tokens(job),
+                    key.used_tokens,
+                )
+            except Refused as exc:
+                raise refusal(exc) from None
+        if self.writer is not None:
+            self.writer.started(
+                Started(job.request_id, caller.key_id, job.model_name, int(time.time() * 1000))
+            )
+        return Ticket(self, caller, job, reservation, started)
+
+
+class Ticket:
+    """One admitted request until it is settled and on the books."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        caller: Caller,
+        job: GenerationJob,
+        reservation: Reservation | None,
+        started: float,
+    ) -> None:
+        self.accounts = accounts
+        self.caller = caller
+        self.job = job
+        self.prompt: PromptTokens = job.prompt_tokens
+        self.reservation = reservation
+        self.started = started
+        self.closed = False
+
+    def abandon(self) -> None:
+        """The response is over: a ticket whose stream never ran is settled as disconnected."""
+        if not self.closed:
+            task = asyncio.get_running_loop().create_task(self.close("disconnected"))
+            self.accounts.pending.add(task)
+            task.add_done_callback(self.accounts.pending.discard)
+
+    async def fit(self, job: GenerationJob) -> None:
+        """The job with its media counted: reserve what the media added to the estimate."""
+        extra = job.prompt_tokens.total - self.prompt.total
+        self.prompt = job.prompt_tokens
+        if extra > 0 and self.reservation is not None:
+            try:
+                await self.accounts.limiter.extend(self.reservation, extra)
+            except Refused as exc:
+                raise refusal(exc) from None
+
+    async def meter(self, events: AsyncIterator[EngineEvent]) -> AsyncIterator[EngineEvent]:
+        """The events, passed through, observed for the ledger; settles when they end."""
+        status, usage, reason = "error", None, None
+        code: str | None = "InternalError"
+        text: list[str] = []
+        reasoning: list[str] = []
+        audio_bytes = 0
+        ttft: float | None = None
+        ttfa: float | None = None
+        produced = False
+        try:
+            async for event in events:
+                produced = True
+                if isinstance(event, TextDelta | ReasoningDelta):
+                    if ttft is None and event.text:
+                        ttft = time.monotonic()
+                    (text if isinstance(event, TextDelta) else reasoning).append(event.text)
+                elif isinstance(event, AudioDelta):
+                    if ttfa is None and event.pcm:
+                        ttfa = time.monotonic()
+                    audio_bytes += len(event.pcm)
+                elif isinstance(event, Finished):
+                    status, code, usage, reason = "ok", None, event.usage, event.reason
+                yield event
+        except ApiError as exc:
+            status, code = "error", exc.code
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if status != "ok":
+                status, code = "disconnected", None
+            raise
+        finally:
+            if usage is None and produced:
+                usage = self._partial_usage("".join(text), "".join(reasoning), audio_bytes)
+            with anyio.CancelScope(shield=True):
+                await self.close(
+                    status,
+                    code=code,
+                    usage=usage or Usage(),
+                    finish_reason=reason,
+                    audio_seconds=audio_bytes / PCM_BYTES_PER_SECOND,
+                    ttft=ttft,
+                    ttfa=ttfa,
+                )
+
+    def _partial_usage(self, text: str, reasoning: str, audio_bytes: int) -> Usage:
+        """What a stream that ended early used, counted from what it delivered."""
+        count = self.accounts.tokenizer.count
+        rate = self.job.model.tokens.output_audio_tokens_per_second
+        return Usage(
+            prompt=self.prompt,
+            completion=CompletionTokens(
+                text=count(text) if text else 0,
+                audio=round(audio_bytes / PCM_BYTES_PER_SECOND * rate),
+                reasoning=count(reasoning) if reasoning else 0,
+            ),
+        )
+
+    async def close(
+        self,
+        status: str,
+        *,
+        code: str | None = None,
+        usage: Usage | None = None,
+        finish_reason: str | None = None,
+        audio_seconds: float = 0.0,
+        ttft: float | None = None,
+        ttfa: float | None = None,
+    ) -> None:
+        """Settles the reservation and completes the ledger row; only the first call counts."""
+        if self.closed:
+            return
+        self.closed = True
+        usage = usage or Usage()
+        actual = usage.prompt.total + usage.completion.total
+        if self.reservation is not None:
+            try:
+                await self.accounts.limiter.settle(self.reservation, actual)
+            except Exception:
+                log.exception("settling request %s failed", self.job.request_id)
+        writer = self.accounts.writer
+        if writer is None:
+            return
+
+        def ms(t: float | None) -> int | None:
+            return None if t is None else round((t - self.started) * 1000)
+
+        p, c = usage.prompt, usage.completion
+        writer.finished(
+            Outcome(
+                request_id=self.job.request_id,
+                key_id=self.caller.key_id,
+                status=status,
+                error_code=code,
+                finish_reason=finish_reason,
+                prompt_text=p.text,
+                prompt_image=p.image,
+                prompt_audio=p.audio,
+                prompt_video=p.video,
+                completion_text=c.text,
+                completion_audio=c.audio,
+                completion_reasoning=c.reasoning,
+                audio_seconds=round(audio_seconds, 3),
+                ttft_ms=ms(ttft),
+                ttfa_ms=ms(ttfa),
+                duration_ms=ms(time.monotonic()),
+                cost=cost(self.job.model, usage, self.accounts.settings.price_region),
+            )
+        )

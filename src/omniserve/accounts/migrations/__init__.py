@@ -1,0 +1,1 @@
+"""Alembic migrations of the accounts schema, run by ``omniserve serve`` on start."""

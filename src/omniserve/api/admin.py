@@ -1,0 +1,123 @@
+"""``/admin/...``: keys and usage over HTTP, for operators holding an admin key.
+
+The same operations as ``omniserve keys`` and ``omniserve usage``, for deployments where the
+database is not at hand (containers, several replicas).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from anyio.to_thread import run_sync
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse, Response
+
+from omniserve.accounts.admission import Accounts
+from omniserve.accounts.keys import ApiKey, KeyNotFound, KeyStore
+from omniserve.accounts.usage import GroupBy, totals, usage_report
+from omniserve.api.auth import guard
+from omniserve.api.errors import error_response
+from omniserve.errors import NotFound
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(guard("admin"))])
+
+
+class KeyLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # None: the default (the model's catalog limit for rpm and tpm, none otherwise); 0: none.
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    quota_tokens: int | None = Field(default=None, ge=0)
+    models: list[str] = Field(default_factory=list)
+    admin: bool = False
+
+
+class NewKey(KeyLimits):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class KeyChanges(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    concurrency: int | None = Field(default=None, ge=0)
+    quota_tokens: int | None = Field(default=None, ge=0)
+    models: list[str] | None = None
+    admin: bool | None = None
+
+
+def key_object(key: ApiKey) -> dict[str, Any]:
+    """A key as the API shows it: never its secret or hash."""
+    out = asdict(key)
+    del out["secret_hash"]
+    out["models"] = list(key.models)
+    out["active"] = key.active
+    return out
+
+
+def _store(request: Request) -> KeyStore:
+    accounts: Accounts = request.app.state.accounts
+    assert accounts.store is not None
+    return accounts.store
+
+
+@router.get("/keys", summary="List API keys")
+async def list_keys(request: Request, include_revoked: bool = False) -> Response:
+    keys = await run_sync(lambda: _store(request).all(include_revoked=include_revoked))
+    return JSONResponse({"object": "list", "data": [key_object(k) for k in keys]})
+
+
+@router.post("/keys", summary="Create an API key (the secret is returned once)")
+async def create_key(request: Request, body: NewKey) -> Response:
+    values = body.model_dump()
+    name = values.pop("name")
+    values["models"] = tuple(values["models"])
+    key, secret = await run_sync(lambda: _store(request).create(name, **values))
+    return JSONResponse({**key_object(key), "secret": secret}, status_code=201)
+
+
+@router.patch("/keys/{key_id}", summary="Change an API key's name, limits or models")
+async def update_key(request: Request, key_id: str, body: KeyChanges) -> Response:
+    changes = body.model_dump(exclude_unset=True)
+    if "models" in changes:
+        changes["models"] = tuple(changes["models"] or ())
+    try:
+        key = await run_sync(lambda: _store(request).update(key_id, **changes))
+    except KeyNotFound:
+        return error_response(NotFound(f"The API key {key_id} does not exist."))
+    return JSONResponse(key_object(key))
+
+
+@router.post("/keys/{key_id}/revoke", summary="Revoke an API key, at once, everywhere")
+async def revoke_key(request: Request, key_id: str) -> Response:
+    try:
+        key = await run_sync(lambda: _store(request).revoke(key_id))
+    except KeyNotFound:
+        return error_response(NotFound(f"The API key {key_id} does not exist."))
+    return JSONResponse(key_object(key))
+
+
+@router.get("/usage", summary="Usage and cost from the ledger")
+async def usage(
+    request: Request,
+    by: GroupBy = "model",
+    key: str | None = None,
+    since_ms: int | None = None,
+) -> Response:
+    engine = _store(request).engine
+    lines = await run_sync(lambda: usage_report(engine, by=by, key_id=key, since_ms=since_ms))
+    accounts: Accounts = request.app.state.accounts
+    return JSONResponse(
+        {
+            "by": by,
+            "price_region": accounts.settings.price_region,
+            "data": [asdict(x) for x in lines],
+            "total": asdict(totals(lines)),
+        }
+    )
