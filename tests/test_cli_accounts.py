@@ -77,6 +77,7 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
     [
         (["keys", "create", "--name", "x", "--rpm", "fast"], "--rpm must be N, 0 for no limit"),
         (["keys", "create", "--name", "  "], "--name must not be empty"),
+        (["keys", "create", "--name", "x", "--tpm", "9" * 12], "--tpm must be at most"),
         (["keys", "update", "key_nope", "--rpm", "5"], "no key 'key_nope'"),
         (["keys", "update", "key_nope"], "nothing to change"),
         (["keys", "revoke", "key_nope"], "no key 'key_nope'"),

@@ -70,7 +70,12 @@ def parse_limit(value: str | None, option: str) -> tuple[bool, int | None]:
         return True, None
     if not value.strip().isdigit():
         raise fail(f"{option} must be {LIMIT_HELP}, not {value!r}", 2)
-    return True, int(value)
+    number = int(value)
+    # rpm, tpm and concurrency are 32-bit columns; the quota is 64-bit.
+    top = 2**63 - 1 if option == "--quota-tokens" else 2**31 - 1
+    if number > top:
+        raise fail(f"{option} must be at most {top:,}", 2)
+    return True, number
 
 
 def parse_models(value: str | None) -> tuple[str, ...] | None:

@@ -21,6 +21,8 @@ from omniserve.api.auth import guard
 from omniserve.api.errors import error_response
 from omniserve.errors import NotFound
 
+INT32 = 2**31 - 1  # rpm, tpm and concurrency are 32-bit columns
+
 router = APIRouter(prefix="/admin", dependencies=[Depends(guard("admin"))])
 
 
@@ -28,9 +30,9 @@ class KeyLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # None: the default (the model's catalog limit for rpm and tpm, none otherwise); 0: none.
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=INT32)
+    tpm: int | None = Field(default=None, ge=0, le=INT32)
+    concurrency: int | None = Field(default=None, ge=0, le=INT32)
     quota_tokens: int | None = Field(default=None, ge=0)
     models: list[str] = Field(default_factory=list)
     admin: bool = False
@@ -44,9 +46,9 @@ class KeyChanges(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
+    rpm: int | None = Field(default=None, ge=0, le=INT32)
+    tpm: int | None = Field(default=None, ge=0, le=INT32)
+    concurrency: int | None = Field(default=None, ge=0, le=INT32)
     quota_tokens: int | None = Field(default=None, ge=0)
     models: list[str] | None = None
     admin: bool | None = None
