@@ -290,8 +290,9 @@ def usage(
         ("audio out (s)", f"{total.audio_seconds:,.1f}", "right"),
         (f"cost ({currency}, {region})", f"{total.cost:,.4f}", "right"),
     )
-    for header, footer, justify in columns:
-        table.add_column(header, footer=footer, justify=justify)  # type: ignore[arg-type]
+    for i, (header, footer, justify) in enumerate(columns):
+        # The group (a key id, a model) is what the line is for: never cut it.
+        table.add_column(header, footer=footer, justify=justify, no_wrap=i == 0)  # type: ignore[arg-type]
     for line in lines:
         table.add_row(
             escape(line.group),

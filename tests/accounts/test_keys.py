@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from omniserve.accounts.database import database_url, open_database
 from omniserve.accounts.keys import KeyNotFound, KeyRing, KeyStore, hash_secret
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = database_url(None, tmp_path)
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    e = open_database(url)
-    yield e
-    e.dispose()
 
 
 def test_create_returns_the_secret_once_and_stores_only_its_hash(engine: Engine) -> None:

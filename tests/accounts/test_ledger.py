@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from omniserve.accounts.database import database_url, open_database
 from omniserve.accounts.keys import KeyStore, now_ms
 from omniserve.accounts.ledger import LedgerWriter, Outcome, Started, sweep
 from omniserve.accounts.schema import ledger
 from omniserve.accounts.usage import totals, usage_report
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = database_url(None, tmp_path)
-    else:
-        url = request.getfixturevalue("fresh_postgres_url")
-    e = open_database(url)
-    yield e
-    e.dispose()
 
 
 def rows(engine: Engine) -> dict[str, dict[str, object]]:
