@@ -11,9 +11,14 @@ Three server processes (emulator engine, no pacing) are started side by side:
 Each request is a short streamed completion (``max_tokens`` 8) read to ``[DONE]``; latency is
 send -> ``[DONE]``. ``--requests`` per target at closed-loop ``--concurrency`` (32), targets
 interleaved in blocks of 64 so that a busy moment of the machine falls on all of them. Added
-latency = the target's percentile - the baseline's:
+latency = the target's percentile - the baseline's. Each server's CPU time per request (from
+/proc, user + system, all its threads) is reported too: at a fixed concurrency on a busy
+machine the added latency is mostly added CPU waiting in the queue, and CPU time is the
+steadier figure. So is the CPU time of the PostgreSQL server's processes, which share the
+machine here. ``--aa`` adds a second baseline whose difference from the first is the noise:
 
     python bench/admission.py
+    python bench/admission.py --requests 4096 --aa
     python bench/admission.py --requests 4000 --redis
 """
 
@@ -44,6 +49,23 @@ BODY = {
     "stream": True,
     "max_tokens": 8,
 }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every PostgreSQL process on this machine (the private server's backends)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                if (proc / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(proc.name))
+    return total
 
 
 @contextlib.contextmanager
@@ -80,7 +102,7 @@ def server(args: list[str], env: dict[str, str]) -> object:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server {args} did not start")
             time.sleep(0.1)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
@@ -123,17 +145,31 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--postgres-url")
     ap.add_argument("--redis", action="store_true", help="limits in Redis for the postgres row")
+    ap.add_argument(
+        "--aa",
+        action="store_true",
+        help="add a second baseline server (off2): its difference from off is the noise floor",
+    )
     args = ap.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         pg = args.postgres_url or stack.enter_context(postgres_server())
-        targets: dict[str, tuple[str, str | None]] = {}
+        targets: dict[str, tuple[tuple[str, int], str | None]] = {}
         targets["off"] = (
             stack.enter_context(
                 server(["--data-dir", str(tmp / "off")], {"OMNISERVE_ACCOUNTS__LEDGER": "false"})
             ),
             None,
         )
+        if args.aa:
+            targets["off2"] = (
+                stack.enter_context(
+                    server(
+                        ["--data-dir", str(tmp / "off2")], {"OMNISERVE_ACCOUNTS__LEDGER": "false"}
+                    )
+                ),
+                None,
+            )
         sqlite_secret = keyed(f"sqlite:///{tmp / 'sqlite' / 'omniserve.db'}")
         targets["sqlite"] = (
             stack.enter_context(server(["--data-dir", str(tmp / "sqlite")], {})),
@@ -148,13 +184,20 @@ def main() -> None:
         targets[name] = (stack.enter_context(server(pg_args, {})), pg_secret)
 
         results: dict[str, list[float]] = {k: [] for k in targets}
-        for url, secret in targets.values():  # warm-up
+        cpu: dict[str, float] = {k: 0.0 for k in targets}
+        db_cpu: dict[str, float] = {k: 0.0 for k in targets}
+        for (url, _), secret in targets.values():  # warm-up
             asyncio.run(block(url, secret, 128, args.concurrency))
         done = 0
         while done < args.requests:
             n = min(64, args.requests - done)
-            for key, (url, secret) in targets.items():
+            for key, ((url, pid), secret) in targets.items():
+                before, db_before = cpu_seconds(pid), postgres_cpu_seconds()
                 results[key] += asyncio.run(block(url, secret, n, args.concurrency))
+                # The ledger writes its last rows within 20 ms of the block's end.
+                time.sleep(0.05)
+                cpu[key] += cpu_seconds(pid) - before
+                db_cpu[key] += postgres_cpu_seconds() - db_before
             done += n
     base50, base99 = pct(results["off"], 50), pct(results["off"], 99)
     print(
@@ -162,14 +205,18 @@ def main() -> None:
         f"{os.cpu_count()} cores"
     )
     print(
-        f"{'target':<16}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'added p50':>11}{'added p99':>11}{'ratio p50':>11}"
+        f"{'target':<16}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}"
+        f"{'ratio p50':>11}{'CPU us/req':>12}{'added':>8}{'DB CPU us/req':>15}"
     )
+    base_cpu = cpu["off"] / args.requests
     for key, values in results.items():
         p50, p99 = pct(values, 50), pct(values, 99)
+        per = cpu[key] / args.requests
         print(
             f"{key:<16}{p50 * 1000:>9.2f}{p99 * 1000:>9.2f}{(p50 - base50) * 1000:>11.2f}"
             f"{(p99 - base99) * 1000:>11.2f}{p50 / base50:>11.3f}"
+            f"{per * 1e6:>12.0f}{(per - base_cpu) * 1e6:>8.0f}"
+            f"{db_cpu[key] / args.requests * 1e6:>15.0f}"
         )
 
 

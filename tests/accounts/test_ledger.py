@@ -29,6 +29,24 @@ def test_start_then_finish_in_one_batch_is_one_insert(engine: Engine) -> None:
     assert row["status"] == "ok" and row["prompt_text"] == 5 and row["cost"] == 0.5
 
 
+def test_a_start_is_held_a_moment_then_written_as_running(engine: Engine) -> None:
+    writer = LedgerWriter(engine, interval_s=0.001, hold_s=0.4)
+    writer.started(Started("long", None, "m", now_ms()))
+    writer.started(Started("short", None, "m", now_ms()))
+    writer.finished(Outcome("short", None, "ok", completion_text=3))
+    time.sleep(0.2)
+    # The short request is on the books, complete; the long one not yet.
+    assert {rid: row["status"] for rid, row in rows(engine).items()} == {"short": "ok"}
+    deadline = time.monotonic() + 5
+    while "long" not in rows(engine):  # no flush: the writer wakes for it on its own
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert rows(engine)["long"]["status"] == "running"
+    writer.finished(Outcome("long", None, "ok", completion_text=9))
+    writer.close()
+    assert rows(engine)["long"]["status"] == "ok" and rows(engine)["long"]["completion_text"] == 9
+
+
 def test_a_running_row_is_written_before_the_request_ends(engine: Engine) -> None:
     key, _ = KeyStore(engine).create("k")
     writer = LedgerWriter(engine, interval_s=0.001)

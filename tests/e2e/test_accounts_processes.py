@@ -56,6 +56,30 @@ def test_two_replicas_sharing_redis_admit_exactly_the_tpm(
     engine.dispose()
 
 
+def test_a_revocation_reaches_every_replica_on_postgresql(fresh_postgres_url: str) -> None:
+    engine = open_database(fresh_postgres_url)
+    key, secret = KeyStore(engine).create("leaving")
+    shared = ("--database-url", fresh_postgres_url)
+    with serving(*shared) as one, serving(*shared) as two:
+        headers = {"Authorization": f"Bearer {secret}"}
+        urls = [f"{s.base}/v1/models" for s in (one, two)]
+        assert [httpx.get(u, headers=headers).status_code for u in urls] == [200, 200]
+        KeyStore(engine).revoke(key.id)  # as `omniserve keys revoke` does, from outside
+        revoked = time.monotonic()
+        # Pushed to both by NOTIFY: no replica reads the keys per request on PostgreSQL.
+        for url in urls:
+            while httpx.get(url, headers=headers).status_code != 401:
+                assert time.monotonic() - revoked < 2, f"{url} still accepts a revoked key"
+                time.sleep(0.005)
+    engine.dispose()
+
+
+def running(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        query = sa.select(sa.func.count()).where(ledger.c.status == "running")
+        return int(conn.execute(query).scalar_one())
+
+
 def _stream_forever(url: str, secret: str, started: threading.Event) -> None:
     try:
         with httpx.stream(
@@ -84,7 +108,11 @@ def test_kill_9_mid_stream_leaves_a_readable_ledger_without_duplicates(tmp_path:
             str(port),
             "--data-dir",
             str(tmp_path),
-            *SLOW,
+            # Slow enough that the streams outlive the ledger's hold on their starts.
+            "--tokens-per-second",
+            "4",
+            "--first-token-ms",
+            "0",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -112,7 +140,11 @@ def test_kill_9_mid_stream_leaves_a_readable_ledger_without_duplicates(tmp_path:
         for t in threads:
             t.start()
         assert all(f.wait(20) for f in flags)
-        time.sleep(0.3)  # the ledger writer batches every few milliseconds
+        # The ledger writes a start as running once it has run a second.
+        deadline = time.monotonic() + 10
+        while running(engine) < 3:
+            assert time.monotonic() < deadline, "the streams never showed as running"
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -24,6 +24,7 @@ from omniserve.accounts.keys import ApiKey, KeyRing, KeyStore
 from omniserve.accounts.ledger import LedgerWriter, Outcome, Started, sweep
 from omniserve.accounts.limits import InProcessLimiter, Limiter, Limits, Refused, Reservation
 from omniserve.accounts.pricing import cost
+from omniserve.accounts.watch import KeyWatch, watch_for
 from omniserve.config import AccountsSettings
 from omniserve.engines.base import (
     AudioDelta,
@@ -130,8 +131,8 @@ class Accounts:
         self.limiter: Limiter = limiter or InProcessLimiter()
         self.store: KeyStore | None = None
         self.ring: KeyRing | None = None
+        self.watch: KeyWatch | None = None
         self.writer: LedgerWriter | None = None
-        self._local = self.url.startswith("sqlite")
         self._sweeper: asyncio.Task[None] | None = None
         self.pending: set[asyncio.Task[None]] = set()
 
@@ -139,7 +140,8 @@ class Accounts:
         engine = await run_sync(open_database, self.url)
         self.store = KeyStore(engine)
         self.ring = KeyRing(self.store)
-        await run_sync(self.ring.refresh)
+        self.watch = watch_for(self.ring)
+        await self.watch.start()
         if self._limiter is None:
             self.limiter = make_limiter(self.settings)
         if self.settings.ledger:
@@ -151,6 +153,8 @@ class Accounts:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.watch is not None:
+            await self.watch.close()
         if self.writer is not None:
             await run_sync(self.writer.close)
         await self.limiter.close()
@@ -175,13 +179,8 @@ class Accounts:
             await asyncio.sleep(SWEEP_EVERY_S)
 
     async def _current_keys(self) -> KeyRing:
-        ring = self.ring
-        assert ring is not None, "Accounts.start() was not awaited"
-        if self._local:
-            ring.check()  # a local SQLite read: microseconds, not worth a thread hop
-        else:
-            await run_sync(ring.check)
-        return ring
+        assert self.watch is not None, "Accounts.start() was not awaited"
+        return await self.watch.current()
 
     async def keys_required(self) -> bool:
         return (await self._current_keys()).required
@@ -302,6 +301,11 @@ class Ticket:
             if usage is None and produced:
                 usage = self._partial_usage("".join(text), "".join(reasoning), audio_bytes)
             with anyio.CancelScope(shield=True):
+                # The engine's stream ends here, not whenever it is garbage-collected.
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
                 await self.close(
                     status,
                     code=code,

@@ -1,9 +1,10 @@
 """API keys: created with a secret shown once, stored only as a SHA-256 hash with a short
 public id, and looked up in constant time.
 
-``KeyStore`` is the table (used by the CLI and the server alike); ``KeyRing`` is a server's view
-of the active keys, re-read whenever the change counter in ``key_state`` moved, which one tiny
-query per request tells. So a revocation anywhere counts from the next request on every replica.
+``KeyStore`` is the table (used by the CLI and the server alike); every change bumps the
+counter in ``key_state`` and, on PostgreSQL, notifies the ``omniserve_keys`` channel in the same
+transaction. ``KeyRing`` is a server's view of the active keys, re-read whenever that counter
+moved; ``omniserve.accounts.watch`` tells it when (see there).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from omniserve.accounts.schema import api_keys, key_state
 
 SECRET_PREFIX = "sk-"
+CHANNEL = "omniserve_keys"  # PostgreSQL NOTIFY channel for key changes
 
 
 def now_ms() -> int:
@@ -106,6 +108,10 @@ class KeyStore:
     @staticmethod
     def _bump(conn: Connection) -> None:
         conn.execute(sa.update(key_state).values(version=key_state.c.version + 1))
+        if conn.dialect.name == "postgresql":
+            # Delivered to every listening server when this transaction commits.
+            version = conn.execute(sa.select(key_state.c.version)).scalar_one()
+            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, str(version))))
 
     def create(
         self,
@@ -215,25 +221,34 @@ class KeyStore:
 
 
 class KeyRing:
-    """The active keys by hash, refreshed when the stored change counter differs."""
+    """The active keys by hash, refreshed when the stored change counter differs.
+
+    The state is one immutable snapshot swapped in whole, so a refresh on another thread never
+    shows a request half of the old keys and half of the new.
+    """
 
     def __init__(self, store: KeyStore) -> None:
         self.store = store
-        self.version = -1
-        self._by_hash: dict[str, ApiKey] = {}
-        # Once any key was created, auth applies, even after the last one is revoked.
-        self.required = False
+        # (version, keys by hash, required). Once any key was created, auth applies, even
+        # after the last one is revoked.
+        self._state: tuple[int, dict[str, ApiKey], bool] = (-1, {}, False)
+
+    @property
+    def version(self) -> int:
+        return self._state[0]
+
+    @property
+    def required(self) -> bool:
+        return self._state[2]
 
     def refresh(self, version: int | None = None) -> bool:
-        """Re-reads the keys if they changed; True when they did."""
+        """Re-reads the keys unless ``version`` is the one held; True when they changed."""
         if version is not None and version == self.version:
             return False
         new_version, keys, any_key = self.store.active()
         if new_version == self.version:
             return False
-        self.version = new_version
-        self._by_hash = {k.secret_hash: k for k in keys}
-        self.required = any_key
+        self._state = (new_version, {k.secret_hash: k for k in keys}, any_key)
         return True
 
     def check(self) -> bool:
@@ -242,7 +257,7 @@ class KeyRing:
 
     def find(self, secret: str) -> ApiKey | None:
         digest = hash_secret(secret)
-        key = self._by_hash.get(digest)
+        key = self._state[1].get(digest)
         if key is None or not hmac.compare_digest(key.secret_hash, digest):
             return None
         return key

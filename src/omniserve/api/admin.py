@@ -6,8 +6,9 @@ database is not at hand (containers, several replicas).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 from anyio.to_thread import run_sync
 from fastapi import APIRouter, Depends, Request
@@ -21,6 +22,7 @@ from omniserve.api.auth import guard
 from omniserve.api.errors import error_response
 from omniserve.errors import NotFound
 
+T = TypeVar("T")
 INT32 = 2**31 - 1  # rpm, tpm and concurrency are 32-bit columns
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(guard("admin"))])
@@ -69,6 +71,21 @@ def _store(request: Request) -> KeyStore:
     return accounts.store
 
 
+async def _change(request: Request, change: Callable[[KeyStore], T]) -> T:
+    """Applies a key change and this server's view of the keys with it (other replicas learn
+    of it from the database)."""
+    accounts: Accounts = request.app.state.accounts
+    store = _store(request)
+
+    def apply() -> T:
+        result = change(store)
+        if accounts.ring is not None:
+            accounts.ring.refresh()
+        return result
+
+    return await run_sync(apply)
+
+
 @router.get("/keys", summary="List API keys")
 async def list_keys(request: Request, include_revoked: bool = False) -> Response:
     keys = await run_sync(lambda: _store(request).all(include_revoked=include_revoked))
@@ -80,7 +97,7 @@ async def create_key(request: Request, body: NewKey) -> Response:
     values = body.model_dump()
     name = values.pop("name")
     values["models"] = tuple(values["models"])
-    key, secret = await run_sync(lambda: _store(request).create(name, **values))
+    key, secret = await _change(request, lambda store: store.create(name, **values))
     return JSONResponse({**key_object(key), "secret": secret}, status_code=201)
 
 
@@ -90,7 +107,7 @@ async def update_key(request: Request, key_id: str, body: KeyChanges) -> Respons
     if "models" in changes:
         changes["models"] = tuple(changes["models"] or ())
     try:
-        key = await run_sync(lambda: _store(request).update(key_id, **changes))
+        key = await _change(request, lambda store: store.update(key_id, **changes))
     except KeyNotFound:
         return error_response(NotFound(f"The API key {key_id} does not exist."))
     return JSONResponse(key_object(key))
@@ -99,7 +116,7 @@ async def update_key(request: Request, key_id: str, body: KeyChanges) -> Respons
 @router.post("/keys/{key_id}/revoke", summary="Revoke an API key, at once, everywhere")
 async def revoke_key(request: Request, key_id: str) -> Response:
     try:
-        key = await run_sync(lambda: _store(request).revoke(key_id))
+        key = await _change(request, lambda store: store.revoke(key_id))
     except KeyNotFound:
         return error_response(NotFound(f"The API key {key_id} does not exist."))
     return JSONResponse(key_object(key))
