@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from omniserve.catalog import LANGUAGE_NAMES, Catalog
 from omniserve.config import Settings, load_settings
+from omniserve.logs import configure as configure_logging
 
 app = typer.Typer(
     help="omniserve: the Qwen-Omni API (OpenAI-compatible mode) on your own machine.",
@@ -89,6 +89,10 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="critical|error|warning|info|debug.")
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text \\[default] or json (one object per line, for collectors)."),
+    ] = None,
     tokens_per_second: Annotated[
         float | None, typer.Option(help="Emulator pacing; 0 streams as fast as possible.")
     ] = None,
@@ -134,6 +138,7 @@ def serve(
         flash_attn=flash_attn,
         audio_output=audio_output,
         log_level=log_level,
+        log_format=log_format,
         tokens_per_second=tokens_per_second,
         first_token_ms=first_token_ms,
         accounts={
@@ -148,9 +153,7 @@ def serve(
         }
         or None,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = configure_logging(settings.log_level, settings.log_format)
     from omniserve.engines.hf.checkpoint import CheckpointError
     from omniserve.engines.upstream import UpstreamConfigError
 
@@ -172,6 +175,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config,
         timeout_graceful_shutdown=10,
     )
 

@@ -175,6 +175,10 @@ class AccountsSettings(BaseModel):
     stale_after_s: float = Field(default=3600.0, ge=0)
     # Whose list prices the ledger's cost uses: cn-beijing (CNY) or ap-southeast-1 (USD).
     price_region: Literal["cn-beijing", "ap-southeast-1"] = "cn-beijing"
+    # When the database (keys) or Redis (limits) stops answering while serving: false answers
+    # 503 until it is back; true keeps serving with the keys last read and without the limits
+    # it cannot check, and the ledger keeps its rows until it can write them.
+    fail_open: bool = False
 
 
 class UpstreamSettings(BaseModel):
@@ -196,6 +200,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     engine: Literal["emulator", "transformers", "upstream"] = "emulator"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # text: lines for a terminal; json: one JSON object per line, for log collectors.
+    log_format: Literal["text", "json"] = "text"
     # Which snapshot the stable name qwen3-omni-flash points to.
     flash_alias: str = FLASH_0915
     # Serve only these model names (all of the catalog when empty).

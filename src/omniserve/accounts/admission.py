@@ -46,8 +46,11 @@ from omniserve.errors import (
     MissingApiKey,
     ModelNotFound,
     RateLimited,
+    ServiceUnavailable,
     TokenRateLimited,
 )
+from omniserve.logs import log_request
+from omniserve.metrics import Metrics
 from omniserve.protocol.tokens import QwenTokenizer
 
 log = logging.getLogger("omniserve.accounts")
@@ -123,8 +126,10 @@ class Accounts:
         tokenizer: QwenTokenizer,
         *,
         limiter: Limiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.tokenizer = tokenizer
         self.url = database_url(settings.database_url, settings.data_dir.expanduser())
         self._limiter = limiter
@@ -134,6 +139,7 @@ class Accounts:
         self.watch: KeyWatch | None = None
         self.writer: LedgerWriter | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._warned: dict[str, float] = {}
         self.pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -146,6 +152,8 @@ class Accounts:
             self.limiter = make_limiter(self.settings)
         if self.settings.ledger:
             self.writer = LedgerWriter(engine)
+            if self.metrics is not None:
+                self.writer.on_drop = self.metrics.ledger_dropped.inc
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -180,7 +188,58 @@ class Accounts:
 
     async def _current_keys(self) -> KeyRing:
         assert self.watch is not None, "Accounts.start() was not awaited"
-        return await self.watch.current()
+        try:
+            return await self.watch.current()
+        except Exception as exc:  # the database's driver errors, OSError, timeouts
+            self._unavailable("database", exc)
+            assert self.ring is not None
+            return self.ring  # fail open: the keys as last read
+
+    def _unavailable(self, what: Literal["database", "limits"], exc: BaseException) -> None:
+        """A dependency failed while serving: raises the API's 503, or with ``fail_open``
+        logs it (at most every 10 s) and returns so that the caller carries on without it."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -60.0) >= 10.0:
+            self._warned[what] = now
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "%s unavailable (%s): %s",
+                "the accounts database" if what == "database" else "the rate limiter",
+                reason,
+                "serving anyway (fail_open)" if self.settings.fail_open else "answering 503",
+            )
+        if self.metrics is not None:
+            self.metrics.degraded.labels(what).inc()
+        if not self.settings.fail_open:
+            if what == "database":
+                raise ServiceUnavailable(
+                    "The server cannot check API keys right now: its database is unavailable. "
+                    "Try again shortly."
+                ) from None
+            raise ServiceUnavailable(
+                "The server cannot check rate limits right now: its limiter is unavailable. "
+                "Try again shortly."
+            ) from None
+
+    async def check_database(self, timeout_s: float = 2.0) -> str | None:
+        """None when the database answers a trivial query in time, else what is wrong."""
+        store = self.store
+        if store is None:
+            return "not opened"
+
+        def ping() -> None:
+            with store.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+        try:
+            with anyio.fail_after(timeout_s):
+                await run_sync(ping, abandon_on_cancel=True)
+        except TimeoutError:
+            return f"no answer within {timeout_s:g} s"
+        except Exception as exc:  # the driver's errors vary; one line of what it said
+            text = str(getattr(exc, "orig", None) or exc).strip()
+            return text.splitlines()[0] if text else type(exc).__name__
+        return None
 
     async def keys_required(self) -> bool:
         return (await self._current_keys()).required
@@ -222,7 +281,11 @@ class Accounts:
                     key.used_tokens,
                 )
             except Refused as exc:
+                if self.metrics is not None:
+                    self.metrics.refusals.labels(exc.kind).inc()
                 raise refusal(exc) from None
+            except Exception as exc:  # Redis gone: connection errors, timeouts
+                self._unavailable("limits", exc)  # fail open: admitted without limits
         if self.writer is not None:
             self.writer.started(
                 Started(job.request_id, caller.key_id, job.model_name, int(time.time() * 1000))
@@ -248,6 +311,10 @@ class Ticket:
         self.reservation = reservation
         self.started = started
         self.closed = False
+        metrics = accounts.metrics
+        self.model_label = metrics.model(job.model_name) if metrics else ""
+        if metrics is not None:
+            metrics.active.inc()
 
     def abandon(self) -> None:
         """The response is over: a ticket whose stream never ran is settled as disconnected."""
@@ -264,7 +331,11 @@ class Ticket:
             try:
                 await self.accounts.limiter.extend(self.reservation, extra)
             except Refused as exc:
+                if self.accounts.metrics is not None:
+                    self.accounts.metrics.refusals.labels(exc.kind).inc()
                 raise refusal(exc) from None
+            except Exception as exc:
+                self.accounts._unavailable("limits", exc)
 
     async def meter(self, events: AsyncIterator[EngineEvent]) -> AsyncIterator[EngineEvent]:
         """The events, passed through, observed for the ledger; settles when they end."""
@@ -276,16 +347,29 @@ class Ticket:
         ttft: float | None = None
         ttfa: float | None = None
         produced = False
+        metrics = self.accounts.metrics
+        gaps = metrics.gap.labels(self.model_label) if metrics is not None else None
+        last: float | None = None
         try:
             async for event in events:
                 produced = True
                 if isinstance(event, TextDelta | ReasoningDelta):
-                    if ttft is None and event.text:
-                        ttft = time.monotonic()
+                    if event.text:
+                        now = time.monotonic()
+                        if ttft is None:
+                            ttft = now
+                        if gaps is not None and last is not None:
+                            gaps.observe(now - last)
+                        last = now
                     (text if isinstance(event, TextDelta) else reasoning).append(event.text)
                 elif isinstance(event, AudioDelta):
-                    if ttfa is None and event.pcm:
-                        ttfa = time.monotonic()
+                    if event.pcm:
+                        now = time.monotonic()
+                        if ttfa is None:
+                            ttfa = now
+                        if gaps is not None and last is not None:
+                            gaps.observe(now - last)
+                        last = now
                     audio_bytes += len(event.pcm)
                 elif isinstance(event, Finished):
                     status, code, usage, reason = "ok", None, event.usage, event.reason
@@ -351,14 +435,56 @@ class Ticket:
                 await self.accounts.limiter.settle(self.reservation, actual)
             except Exception:
                 log.exception("settling request %s failed", self.job.request_id)
-        writer = self.accounts.writer
-        if writer is None:
-            return
+        ended = time.monotonic()
 
         def ms(t: float | None) -> int | None:
             return None if t is None else round((t - self.started) * 1000)
 
         p, c = usage.prompt, usage.completion
+        tokens = {
+            "prompt_text": p.text,
+            "prompt_image": p.image,
+            "prompt_audio": p.audio,
+            "prompt_video": p.video,
+            "completion_text": c.text,
+            "completion_audio": c.audio,
+            "completion_reasoning": c.reasoning,
+        }
+        metrics = self.accounts.metrics
+        if metrics is not None:
+            model = self.model_label
+            metrics.active.dec()
+            metrics.requests.labels(model, status).inc()
+            if code is not None:
+                metrics.error(code)
+            metrics.duration.labels(model).observe(ended - self.started)
+            if ttft is not None:
+                metrics.ttft.labels(model).observe(ttft - self.started)
+            if ttfa is not None:
+                metrics.ttfa.labels(model).observe(ttfa - self.started)
+            for kind, n in tokens.items():
+                if n:
+                    metrics.tokens.labels(model, kind).inc(n)
+            if audio_seconds:
+                metrics.audio_seconds.labels(model).inc(audio_seconds)
+        log_request(
+            {
+                "request_id": self.job.request_id,
+                "key_id": self.caller.key_id,
+                "model": self.job.model_name,
+                "status": status,
+                "error_code": code,
+                "finish_reason": finish_reason,
+                "tokens": {k: v for k, v in tokens.items() if v},
+                "audio_seconds": round(audio_seconds, 3),
+                "ttft_ms": ms(ttft),
+                "ttfa_ms": ms(ttfa),
+                "duration_ms": ms(ended),
+            }
+        )
+        writer = self.accounts.writer
+        if writer is None:
+            return
         writer.finished(
             Outcome(
                 request_id=self.job.request_id,
@@ -376,7 +502,7 @@ class Ticket:
                 audio_seconds=round(audio_seconds, 3),
                 ttft_ms=ms(ttft),
                 ttfa_ms=ms(ttfa),
-                duration_ms=ms(time.monotonic()),
+                duration_ms=ms(ended),
                 cost=cost(self.job.model, usage, self.accounts.settings.price_region),
             )
         )

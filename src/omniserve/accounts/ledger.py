@@ -18,6 +18,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -115,8 +116,12 @@ class LedgerWriter:
         interval_s: float = 0.05,
         hold_s: float = 1.0,
         max_batch: int = 1000,
+        max_pending: int = 200_000,
     ) -> None:
         self.engine = engine
+        self.max_pending = max_pending
+        self.on_drop: Callable[[int], None] | None = None  # told of rows given up
+        self._closing = False
         self.interval_s = interval_s
         self.hold_s = hold_s
         self.max_batch = max_batch
@@ -130,6 +135,10 @@ class LedgerWriter:
         self._thread.start()
 
     def _put(self, item: object) -> None:
+        if len(self._items) >= self.max_pending and isinstance(item, Started | Outcome):
+            # The database has been away for long: keep memory bounded.
+            self._dropped(1)
+            return
         self._items.append(item)
         if self._idle:
             self._wake.set()
@@ -140,6 +149,10 @@ class LedgerWriter:
     def finished(self, outcome: Outcome) -> None:
         self._put(outcome)
 
+    def depth(self) -> int:
+        """Entries not written yet (queued, and starts held)."""
+        return len(self._items) + len(self._held)
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Waits until everything queued so far is written, held starts included."""
         if not self._thread.is_alive():
@@ -149,6 +162,7 @@ class LedgerWriter:
         return marker.wait(timeout)
 
     def close(self) -> None:
+        self._closing = True
         self._put(_Stop())
         self._thread.join(timeout=30)
 
@@ -232,22 +246,42 @@ class LedgerWriter:
             inserts.append(_row(start, Outcome(rid, start.key_id, "running")))
         if not inserts and not updates:
             return
-        for attempt in range(5):
-            # Safe to repeat after an error whose outcome is unknown: a start already on the
-            # books is not inserted again, a row completed already is not completed again,
-            # and only rows that landed count toward a key's used tokens.
+        # Safe to repeat after an error whose outcome is unknown: a start already on the
+        # books is not inserted again, a row completed already is not completed again, and
+        # only rows that land count toward a key's used tokens. While the database is down
+        # the batch is retried, backing off to every 5 s; new entries wait in the queue,
+        # up to ``max_pending``.
+        attempt = 0
+        while True:
             try:
                 if self.engine.dialect.name == "postgresql":
                     _store_postgres(self._connection(), inserts, updates)
                 else:
                     with self.engine.begin() as conn:
                         _store_sqlite(conn, inserts, updates)
+                if attempt:
+                    log.warning("ledger: written again after %d failed attempts", attempt)
                 return
             except SQLAlchemyError as exc:
+                attempt += 1
                 self._drop_connection()
-                log.warning("ledger write failed (attempt %d): %s", attempt + 1, exc)
-                time.sleep(0.1 * 2**attempt)
-        log.error("ledger: %d rows could not be written", len(inserts) + len(updates))
+                if attempt == 1 or attempt % 12 == 0:
+                    reason = str(getattr(exc, "orig", None) or exc).strip()
+                    log.warning(
+                        "ledger write failed (attempt %d, %d rows waiting): %s",
+                        attempt,
+                        len(inserts) + len(updates) + self.depth(),
+                        reason.splitlines()[0] if reason else type(exc).__name__,
+                    )
+                if self._closing and attempt >= 3:
+                    self._dropped(len(inserts) + len(updates))
+                    return
+                time.sleep(min(5.0, 0.1 * 2 ** (attempt - 1)))
+
+    def _dropped(self, n: int) -> None:
+        log.error("ledger: %d rows could not be written and are lost", n)
+        if self.on_drop is not None:
+            self.on_drop(n)
 
 
 # SQLite: plain executemany of fixed statements (the rows are bound by the sqlite3 module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omniserve import __version__
 from omniserve.accounts.admission import Accounts
@@ -17,6 +19,7 @@ from omniserve.api.auth import guard
 from omniserve.api.errors import error_response, install_error_handlers
 from omniserve.config import Settings
 from omniserve.errors import ServiceUnavailable
+from omniserve.metrics import CONTENT_TYPE, OTHER, Metrics
 from omniserve.service import ChatService
 
 health = APIRouter(dependencies=[Depends(guard("public"))])
@@ -30,22 +33,72 @@ async def healthz() -> Response:
 
 @health.get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
-    """The engine is loaded and speech is available."""
+    """The engine is loaded, speech is available and the accounts database answers."""
     service: ChatService = request.app.state.service
+    accounts: Accounts = request.app.state.accounts
     if not service.ready:
         return error_response(ServiceUnavailable("The engine is not ready yet."))
+    problem = await accounts.check_database()
+    if problem is not None:
+        return error_response(
+            ServiceUnavailable(f"The accounts database is unavailable: {problem}")
+        )
     return JSONResponse({"status": "ready", "engine": service.engine.name})
+
+
+operator = APIRouter(dependencies=[Depends(guard("admin"))])
+
+
+@operator.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (admin: they name models, volumes and error rates)."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
+class HttpMetrics:
+    """Counts every HTTP response by route template and status (unknown paths: ``other``)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or OTHER
+            self.metrics.http.labels(route, str(status)).inc()
 
 
 def create_app(settings: Settings | None = None, *, service: ChatService | None = None) -> FastAPI:
     """An app around ``service`` (built from ``settings`` when not given)."""
     settings = settings or (service.settings if service else Settings())
     svc = service or ChatService(settings)
-    accounts = Accounts(settings.accounts, svc.tokenizer)
+    metrics = Metrics(m.name for m in svc.models())
+    accounts = Accounts(settings.accounts, svc.tokenizer, metrics=metrics)
+    svc.media.observe = metrics.observe_media
+    depth = getattr(svc.engine, "queue_depth", None)
+    if callable(depth):
+        metrics.watch_engine(depth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.watch_loop(asyncio.get_running_loop())
         await accounts.start()
+        if accounts.writer is not None:
+            metrics.watch_ledger(accounts.writer.depth)
         try:
             await svc.start()
             try:
@@ -66,12 +119,15 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     )
     app.state.service = svc
     app.state.accounts = accounts
+    app.state.metrics = metrics
+    app.add_middleware(HttpMetrics, metrics=metrics)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(admin.router)
     app.include_router(health)
+    app.include_router(operator)
     app.include_router(_docs(app))
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from fastapi import APIRouter, Depends, Request
@@ -13,6 +14,7 @@ from omniserve.api.errors import error_response, render_error
 from omniserve.api.sse import encode_stream
 from omniserve.api.streaming import EventStreamResponse
 from omniserve.errors import ApiError, PayloadTooLarge
+from omniserve.metrics import Metrics
 from omniserve.service import ChatService
 
 router = APIRouter()
@@ -34,6 +36,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 KEY = Depends(guard("key"))
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
+
+
+def model_named(body: bytes) -> str:
+    """The model a (possibly invalid) body names, for the metrics' label; "" when none."""
+    found = _MODEL.search(body, 0, 4096)
+    return found.group(1).decode("utf-8", "replace") if found else ""
 
 
 async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
@@ -42,11 +51,15 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     service: ChatService = request.app.state.service
     accounts: Accounts = request.app.state.accounts
     request_id = str(uuid.uuid4())
+    body = b""
     try:
         body = await read_body(request, service.settings.max_request_bytes)
         validated = service.prepare(body, request_id)
         ticket = await accounts.admit(caller, validated.job)
     except ApiError as exc:
+        metrics: Metrics = request.app.state.metrics
+        metrics.requests.labels(metrics.model(model_named(body)), "refused").inc()
+        metrics.error(exc.code)
         return error_response(exc, request_id)
     job = validated.job
     stream = encode_stream(

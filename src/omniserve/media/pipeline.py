@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -45,6 +46,8 @@ class MediaProcessor:
     def __init__(self, settings: MediaSettings, *, resolver: Resolver | None = None) -> None:
         self.settings = settings
         self.fetcher = MediaFetcher(settings, resolver=resolver)
+        # Told each item's fetch and decode seconds: observe(stage, kind, seconds).
+        self.observe: Callable[[str, str, float], None] | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="omniserve-media"
         )
@@ -92,24 +95,37 @@ class MediaProcessor:
         gate: asyncio.Semaphore,
         keep_bytes: bool,
     ) -> tuple[DecodedMedia, tuple[bytes, ...]]:
-        if item.kind == "video":
+        kind = item.kind
+        started = time.monotonic()
+        if kind == "video":  # a list of frames
             assert isinstance(item.source, tuple)
             frames = await asyncio.gather(
                 *(self._fetch(url, limits.image_max_bytes, gate) for url in item.source)
             )
+            fetched = time.monotonic()
             decoded: DecodedMedia = await self._run(decode_frames, frames, policy, limits)
+            self._observe(kind, started, fetched)
             return decoded, tuple(frames) if keep_bytes else ()
         assert isinstance(item.source, str)
-        if item.kind == "image_url":
+        if kind == "image_url":
             data = await self._fetch(item.source, limits.image_max_bytes, gate)
+            fetched = time.monotonic()
             decoded = await self._run(decode_image, data, policy, limits)
-        elif item.kind == "input_audio":
+        elif kind == "input_audio":
             data = await self._fetch(item.source, limits.audio_max_bytes, gate, bare_base64=True)
+            fetched = time.monotonic()
             decoded = await self._run(decode_audio, data, policy, limits)
         else:
             data = await self._fetch(item.source, limits.video_max_bytes, gate)
+            fetched = time.monotonic()
             decoded = await self._run(decode_video, data, policy, limits)
+        self._observe(kind, started, fetched)
         return decoded, (data,) if keep_bytes else ()
+
+    def _observe(self, kind: str, started: float, fetched: float) -> None:
+        if self.observe is not None:
+            self.observe("fetch", kind, fetched - started)
+            self.observe("decode", kind, time.monotonic() - fetched)
 
     async def _fetch(
         self, source: str, max_bytes: int, gate: asyncio.Semaphore, *, bare_base64: bool = False

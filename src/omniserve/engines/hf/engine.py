@@ -159,6 +159,10 @@ class TransformersEngine:
 
     # -- lifetime --------------------------------------------------------------------------
 
+    def queue_depth(self) -> int:
+        """Requests waiting for the model (the one running is not counted)."""
+        return self.queue.waiting
+
     async def start(self) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniserve-model")
