@@ -113,6 +113,10 @@ def serve(
             "--insecure-no-auth", help="Serve a non-loopback address without any API key."
         ),
     ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(help="On SIGTERM, seconds running streams may go on \\[default: 30]."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Start the API server."""
@@ -139,6 +143,7 @@ def serve(
         audio_output=audio_output,
         log_level=log_level,
         log_format=log_format,
+        drain_timeout_s=drain_timeout,
         tokens_per_second=tokens_per_second,
         first_token_ms=first_token_ms,
         accounts={
@@ -170,14 +175,18 @@ def serve(
         f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "
         f"(engine: {settings.engine})"
     )
-    uvicorn.run(
-        create_app(service=service),
+    from omniserve.api.drain import DrainingServer
+
+    app = create_app(service=service)
+    server_config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=log_config,
         timeout_graceful_shutdown=10,
     )
+    DrainingServer(server_config, app.state.drain, settings.drain_timeout_s).run()
 
 
 def _check_exposure(settings: Settings) -> None:

@@ -209,6 +209,8 @@ class Settings(BaseSettings):
     # The Qwen BPE ranks file; by default the one the dashscope package ships.
     tokenizer_file: Path | None = None
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # On SIGTERM: how long running streams may go on before they are ended (docs/operations).
+    drain_timeout_s: float = Field(default=30.0, ge=0)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)

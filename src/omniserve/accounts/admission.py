@@ -311,10 +311,15 @@ class Ticket:
         self.reservation = reservation
         self.started = started
         self.closed = False
+        self.interrupted_by: str | None = None  # the error code when the server ended it
         metrics = accounts.metrics
         self.model_label = metrics.model(job.model_name) if metrics else ""
         if metrics is not None:
             metrics.active.inc()
+
+    def interrupt(self, reason: ApiError) -> None:
+        """The server is ending this stream (shutdown): the ledger says so, not "disconnected"."""
+        self.interrupted_by = reason.code
 
     def abandon(self) -> None:
         """The response is over: a ticket whose stream never ran is settled as disconnected."""
@@ -379,7 +384,10 @@ class Ticket:
             raise
         except (GeneratorExit, asyncio.CancelledError):
             if status != "ok":
-                status, code = "disconnected", None
+                if self.interrupted_by is not None:  # ended by the server (shutting down)
+                    status, code = "error", self.interrupted_by
+                else:
+                    status, code = "disconnected", None
             raise
         finally:
             if usage is None and produced:

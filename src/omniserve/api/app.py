@@ -16,6 +16,7 @@ from omniserve import __version__
 from omniserve.accounts.admission import Accounts
 from omniserve.api import admin, chat, models
 from omniserve.api.auth import guard
+from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response, install_error_handlers
 from omniserve.config import Settings
 from omniserve.errors import ServiceUnavailable
@@ -38,6 +39,8 @@ async def readyz(request: Request) -> Response:
     accounts: Accounts = request.app.state.accounts
     if not service.ready:
         return error_response(ServiceUnavailable("The engine is not ready yet."))
+    if request.app.state.drain.draining:
+        return error_response(shutting_down())
     problem = await accounts.check_database()
     if problem is not None:
         return error_response(
@@ -120,6 +123,7 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     app.state.service = svc
     app.state.accounts = accounts
     app.state.metrics = metrics
+    app.state.drain = Drain()
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.state.started_at = int(time.time())
     install_error_handlers(app)

@@ -10,8 +10,9 @@ from starlette.responses import Response
 
 from omniserve.accounts.admission import Accounts, Caller
 from omniserve.api.auth import guard
+from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response, render_error
-from omniserve.api.sse import encode_stream
+from omniserve.api.sse import DONE, ChunkEncoder, encode_stream
 from omniserve.api.streaming import EventStreamResponse
 from omniserve.errors import ApiError, PayloadTooLarge
 from omniserve.metrics import Metrics
@@ -50,9 +51,12 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     streamed; the ticket settles the limits and writes the ledger when the stream ends."""
     service: ChatService = request.app.state.service
     accounts: Accounts = request.app.state.accounts
+    drain: Drain = request.app.state.drain
     request_id = str(uuid.uuid4())
     body = b""
     try:
+        if drain.draining:
+            raise shutting_down()
         body = await read_body(request, service.settings.max_request_bytes)
         validated = service.prepare(body, request_id)
         ticket = await accounts.admit(caller, validated.job)
@@ -73,6 +77,9 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
         render_error=lambda exc: render_error(exc, request_id),
         headers={"x-request-id": request_id},
         on_close=ticket.abandon,
+        drain=drain,
+        last_event=lambda exc: ChunkEncoder.error(exc) + DONE,
+        on_interrupt=ticket.interrupt,
     )
 
 

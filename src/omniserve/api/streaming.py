@@ -15,6 +15,7 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from omniserve.api.drain import Drain
 from omniserve.errors import ApiError, InternalError
 
 log = logging.getLogger("omniserve.stream")
@@ -36,6 +37,9 @@ class EventStreamResponse(Response):
         render_error: ErrorRenderer,
         headers: Mapping[str, str] | None = None,
         on_close: Callable[[], None] | None = None,
+        drain: Drain | None = None,
+        last_event: Callable[[ApiError], bytes] | None = None,
+        on_interrupt: Callable[[ApiError], None] | None = None,
     ) -> None:
         self.stream = body
         self.status_code = 200
@@ -45,8 +49,25 @@ class EventStreamResponse(Response):
         self.raw_headers = [(k.encode(), v.encode()) for k, v in merged.items()]
         self.on_close = on_close
         self.disconnected = False
+        self.drain = drain
+        self.last_event = last_event
+        self.on_interrupt = on_interrupt
+        self._interrupted: ApiError | None = None
+        self._body_scope: anyio.CancelScope | None = None
+
+    def interrupt(self, reason: ApiError) -> None:
+        """Ends the stream now (the server is shutting down): the body stops, and the client
+        gets ``last_event(reason)`` instead of the rest."""
+        if self._interrupted is None:
+            self._interrupted = reason
+            if self.on_interrupt is not None:
+                self.on_interrupt(reason)
+            if self._body_scope is not None:
+                self._body_scope.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.drain is not None:
+            self.drain.add(self)
         try:
             async with anyio.create_task_group() as tg:
 
@@ -70,6 +91,8 @@ class EventStreamResponse(Response):
                     await aclose()
             if self.on_close is not None:
                 self.on_close()
+            if self.drain is not None:
+                self.drain.discard(self)
 
     async def _stream(self, send: Send) -> None:
         try:
@@ -92,8 +115,17 @@ class EventStreamResponse(Response):
         )
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
-        async for chunk in self.stream:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        with anyio.CancelScope() as self._body_scope:
+            if self._interrupted is None:
+                async for chunk in self.stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if self._interrupted is not None and self.last_event is not None:
+            with anyio.CancelScope(shield=True):
+                aclose = getattr(self.stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # the engine stops and the ledger row is completed first
+            last = self.last_event(self._interrupted)
+            await send({"type": "http.response.body", "body": last, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_error(self, send: Send, exc: ApiError) -> None:
