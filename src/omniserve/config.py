@@ -22,6 +22,18 @@ from pydantic_settings import (
 from omniserve.catalog import FLASH_0915
 
 
+class TimeoutSettings(BaseModel):
+    """How long the engine may stay silent (docs/operations.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Engine started -> its first event (time in the engine's queue included).
+    first_event_s: float = Field(default=300.0, gt=0)
+    # Between two events of a stream, counted only while the server waits on the engine (a
+    # slow client holding the stream back does not count).
+    idle_s: float = Field(default=60.0, gt=0)
+
+
 class EmulatorSettings(BaseModel):
     """Pacing of the offline emulator: 0 means as fast as possible (tests, benchmarks)."""
 
@@ -211,6 +223,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # On SIGTERM: how long running streams may go on before they are ended (docs/operations).
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)

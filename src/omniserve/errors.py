@@ -226,6 +226,15 @@ class ServiceUnavailable(ApiError):
     type = "service_unavailable"
 
 
+class RequestTimedOut(ApiError):
+    """The engine went silent: no first event, or no next one, in time (the vendor answers
+    its own timeouts with 500 RequestTimeOut)."""
+
+    status = 500
+    code = "RequestTimeOut"
+    type = "request_timeout"
+
+
 class InternalError(ApiError):
     status = 500
     code = "InternalError"

@@ -6,6 +6,7 @@ the HTTP layer only parses, calls it and encodes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -13,6 +14,7 @@ from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import Settings
 from omniserve.engines import make_engine
 from omniserve.engines.base import Engine, EngineEvent, GenerationJob
+from omniserve.errors import RequestTimedOut
 from omniserve.media.pipeline import MediaProcessor
 from omniserve.media.policy import MediaPolicy, billing_policy
 from omniserve.media.resolve import Resolver
@@ -117,10 +119,83 @@ class ChatService:
                 chunk_bytes=self.chunk_bytes,
                 tokens_per_second=job.model.tokens.output_audio_tokens_per_second,
             )
+        timeouts = self.settings.timeouts
+        watchdog = Watchdog(timeouts.first_event_s, timeouts.idle_s)
+        it = aiter(events)
         try:
-            async for event in events:
+            while True:
+                watchdog.waiting()
+                try:
+                    event = await anext(it)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError:
+                    if watchdog.expired():
+                        raise watchdog.error() from None
+                    raise
+                watchdog.got()
                 yield event
         finally:
+            watchdog.close()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+class Watchdog:
+    """Ends a stream whose engine stays silent too long: ``first_s`` for the first event,
+    ``idle_s`` for each next one, counting only time spent waiting on the engine.
+
+    One timer per stream, armed when a wait starts and none is pending, instead of a timeout
+    context per event (which costs more than the event itself); when it fires during a wait it
+    cancels the stream's task, and ``expired`` turns that cancellation into the timeout."""
+
+    __slots__ = ("_handle", "_limit", "_loop", "_since", "_task", "fired", "first_s", "idle_s")
+
+    def __init__(self, first_s: float, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self.first_s, self.idle_s = first_s, idle_s
+        self._limit = first_s
+        self._since: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self.fired = False
+
+    def waiting(self) -> None:
+        self._since = self._loop.time()
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._since + self._limit, self._check)
+
+    def got(self) -> None:
+        self._since = None
+        self._limit = self.idle_s
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._since is None:
+            return  # not waiting on the engine now; the next wait arms the timer again
+        due = self._since + self._limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+        elif self._task is not None:
+            self.fired = True
+            self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether the cancellation being handled is this watchdog's (then it is undone)."""
+        if not self.fired or self._task is None:
+            return False
+        self.fired = False
+        return self._task.uncancel() == 0
+
+    def error(self) -> RequestTimedOut:
+        if self._limit == self.first_s:
+            return RequestTimedOut(
+                f"The model did not start answering within {self.first_s:g} seconds."
+            )
+        return RequestTimedOut(f"The model stopped answering for {self.idle_s:g} seconds.")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

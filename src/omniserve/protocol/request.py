@@ -7,6 +7,7 @@ are ignored, as the vendor ignores them. Rules that need the catalog live in ``v
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -114,6 +115,11 @@ def _is_field_part(part: int | str) -> bool:
     )
 
 
+# A ``\uD800``-``\uDFFF`` escape: the only way a surrogate gets into a UTF-8 body's strings.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Parse a request body or raise a 400 that names what is wrong and where."""
     try:
@@ -128,8 +134,21 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise InvalidParameter(f"Request body is not valid JSON: {detail}{where}.") from None
     except RecursionError:
         raise InvalidParameter("Request body is not valid JSON: nested too deeply.") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits (int_max_str_digits).
+        raise InvalidParameter("Request body is not valid JSON: a number is too long.") from None
     if not isinstance(data, dict):
         raise InvalidParameter("Request body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(body):
+        # Escaped surrogate pairs decode to one character; a lone one stays a surrogate, which
+        # no text encoding can carry (the engines, the ledger and the error envelope all fail).
+        loc = _lone_surrogate(data)
+        if loc is not None:
+            path, param = field_path(loc)
+            raise InvalidParameter(
+                f"Request body holds a string with an unpaired surrogate: {path}",
+                param=param or None,
+            )
     extra = data.pop("extra_body", None)
     if isinstance(extra, dict):
         # The vendor's Node samples pass Python's ``extra_body`` literally; its keys apply.
@@ -139,6 +158,24 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc) from None
+
+
+def _lone_surrogate(data: Any) -> tuple[int | str, ...] | None:
+    """Where the first string (or object key) holding a lone surrogate is, if any; iterative,
+    so that any nesting ``json`` accepted is walked."""
+    pending: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
+    while pending:
+        value, loc = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return loc
+        elif isinstance(value, dict):
+            if any(_SURROGATE.search(key) for key in value):
+                return loc
+            pending.extend((item, (*loc, key)) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            pending.extend((item, (*loc, i)) for i, item in reversed(list(enumerate(value))))
+    return None
 
 
 def _first_error(exc: ValidationError) -> InvalidParameter:
