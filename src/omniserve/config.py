@@ -32,6 +32,9 @@ class TimeoutSettings(BaseModel):
     # Between two events of a stream, counted only while the server waits on the engine (a
     # slow client holding the stream back does not count).
     idle_s: float = Field(default=60.0, gt=0)
+    # A client that reads nothing of its stream for this long (its socket buffers full) is
+    # dropped as if it had left.
+    client_s: float = Field(default=60.0, gt=0)
 
 
 class EmulatorSettings(BaseModel):

@@ -122,6 +122,9 @@ def test_redis_lost(fail_open: bool) -> None:
             with redis.Redis.from_url(url) as client, contextlib.suppress(redis.ConnectionError):
                 client.shutdown(nosave=True)
             resp = post(s, secret)
+            ready = httpx.get(f"{s.base_url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["error"]["message"].startswith("The rate limiter is unavailable")
             if fail_open:
                 assert resp.status_code == 200
             else:

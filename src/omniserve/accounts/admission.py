@@ -241,6 +241,21 @@ class Accounts:
             return text.splitlines()[0] if text else type(exc).__name__
         return None
 
+    async def check_limiter(self, timeout_s: float = 2.0) -> str | None:
+        """None when the shared limiter (Redis) answers in time, or there is none."""
+        ping = getattr(self.limiter, "ping", None)
+        if ping is None:
+            return None
+        try:
+            with anyio.fail_after(timeout_s):
+                await ping()
+        except TimeoutError:
+            return f"no answer within {timeout_s:g} s"
+        except Exception as exc:
+            text = str(exc).strip()
+            return text.splitlines()[0] if text else type(exc).__name__
+        return None
+
     async def keys_required(self) -> bool:
         return (await self._current_keys()).required
 

@@ -252,5 +252,9 @@ class RedisLimiter:
     async def forget(self, key_id: str) -> None:
         await self._client.delete(*self._keys(key_id))
 
+    async def ping(self) -> None:
+        """Raises when Redis does not answer (readiness)."""
+        await self._client.ping()
+
     async def close(self) -> None:
         await self._client.aclose(close_connection_pool=True)

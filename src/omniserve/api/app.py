@@ -34,7 +34,8 @@ async def healthz() -> Response:
 
 @health.get("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
-    """The engine is loaded, speech is available and the accounts database answers."""
+    """The engine is loaded, speech is available, and the accounts database and the shared
+    limiter (Redis, when configured) answer."""
     service: ChatService = request.app.state.service
     accounts: Accounts = request.app.state.accounts
     if not service.ready:
@@ -46,6 +47,9 @@ async def readyz(request: Request) -> Response:
         return error_response(
             ServiceUnavailable(f"The accounts database is unavailable: {problem}")
         )
+    problem = await accounts.check_limiter()
+    if problem is not None:
+        return error_response(ServiceUnavailable(f"The rate limiter is unavailable: {problem}"))
     return JSONResponse({"status": "ready", "engine": service.engine.name})
 
 

@@ -80,6 +80,7 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
         drain=drain,
         last_event=lambda exc: ChunkEncoder.error(exc) + DONE,
         on_interrupt=ticket.interrupt,
+        send_timeout_s=service.settings.timeouts.client_s,
     )
 
 

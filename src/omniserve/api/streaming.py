@@ -8,6 +8,7 @@ next write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -40,6 +41,7 @@ class EventStreamResponse(Response):
         drain: Drain | None = None,
         last_event: Callable[[ApiError], bytes] | None = None,
         on_interrupt: Callable[[ApiError], None] | None = None,
+        send_timeout_s: float = 60.0,
     ) -> None:
         self.stream = body
         self.status_code = 200
@@ -54,6 +56,13 @@ class EventStreamResponse(Response):
         self.on_interrupt = on_interrupt
         self._interrupted: ApiError | None = None
         self._body_scope: anyio.CancelScope | None = None
+        # A client that stops reading: its socket buffer fills and ``send`` waits; after
+        # send_timeout_s of one wait the stream is dropped as if the client had left.
+        self.send_timeout_s = send_timeout_s
+        self._sending_since: float | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._scope: anyio.CancelScope | None = None
+        self.stalled = False
 
     def interrupt(self, reason: ApiError) -> None:
         """Ends the stream now (the server is shutting down): the body stops, and the client
@@ -80,10 +89,13 @@ class EventStreamResponse(Response):
                             return
 
                 tg.start_soon(watch)
+                self._scope = tg.cancel_scope
                 try:
                     await self._stream(send)
                 finally:
                     tg.cancel_scope.cancel()
+                    if self._stall is not None:
+                        self._stall.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 aclose = getattr(self.stream, "aclose", None)
@@ -114,11 +126,11 @@ class EventStreamResponse(Response):
             }
         )
         if first:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            await self._send(send, first)
         with anyio.CancelScope() as self._body_scope:
             if self._interrupted is None:
                 async for chunk in self.stream:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await self._send(send, chunk)
         if self._interrupted is not None and self.last_event is not None:
             with anyio.CancelScope(shield=True):
                 aclose = getattr(self.stream, "aclose", None)
@@ -127,6 +139,28 @@ class EventStreamResponse(Response):
             last = self.last_event(self._interrupted)
             await send({"type": "http.response.body", "body": last, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send(self, send: Send, chunk: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self._sending_since = loop.time()
+        if self._stall is None:
+            self._stall = loop.call_at(self._sending_since + self.send_timeout_s, self._check)
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self._sending_since = None
+
+    def _check(self) -> None:
+        self._stall = None
+        since = self._sending_since
+        if since is None:
+            return  # not waiting on the client now; the next send arms the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() < since + self.send_timeout_s:
+            self._stall = loop.call_at(since + self.send_timeout_s, self._check)
+            return
+        log.warning("client read nothing for %.0f s: ending its stream", self.send_timeout_s)
+        self.stalled = self.disconnected = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _send_error(self, send: Send, exc: ApiError) -> None:
         status, headers, payload = self.render_error(exc)

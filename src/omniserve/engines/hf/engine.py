@@ -8,6 +8,7 @@ with a 429 and ``Retry-After``. A request that fails (GPU out of memory included
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -64,6 +65,10 @@ class ServedName:
 
 def _key(served: ServedCheckpoint) -> str:
     return f"{served.checkpoint}@{served.revision or ''}"
+
+
+# Events of one stream waiting for the client; past this the model waits for the client.
+BACKLOG = 256
 
 
 class FifoQueue:
@@ -246,11 +251,21 @@ class TransformersEngine:
         self, loaded: LoadedModel, job: GenerationJob, options: RunOptions
     ) -> AsyncIterator[EngineEvent]:
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[EngineEvent | BaseException | None] = asyncio.Queue()
+        # Bounded: a client that reads slowly makes the model wait rather than this process
+        # buffer its whole answer (at most BACKLOG events per stream).
+        events: asyncio.Queue[EngineEvent | BaseException | None] = asyncio.Queue(BACKLOG)
         cancel = threading.Event()
 
         def emit(item: EngineEvent | BaseException | None) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+            put = asyncio.run_coroutine_threadsafe(events.put(item), loop)
+            while True:
+                try:
+                    put.result(timeout=0.1)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if cancel.is_set():  # the request is gone: nobody will read this
+                        put.cancel()
+                        return
 
         def work() -> None:
             try:
