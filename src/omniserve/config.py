@@ -147,6 +147,9 @@ class UpstreamSpec(BaseModel):
     first_byte_timeout_s: float = Field(default=60.0, gt=0)  # request sent -> response headers
     idle_timeout_s: float = Field(default=60.0, gt=0)  # between two chunks of a stream
     max_connections: int = Field(default=256, ge=1)
+    # Streams that may wait for one of those connections (up to connect_timeout_s); past
+    # this a request is refused at once with 503 and Retry-After instead of piling up.
+    max_waiting: int = Field(default=64, ge=0)
     health_path: str = "/health"  # GET on each replica's origin; "" for no health checks
     health_interval_s: float = Field(default=10.0, gt=0)
     failure_threshold: int = Field(default=3, ge=1)  # consecutive failures that open the circuit

@@ -4,7 +4,9 @@ Studio's and OpenAI's dialects, with their quirks, driven through omniserve."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -246,3 +248,24 @@ def test_after_a_failure_a_successful_stream_closes_the_circuit_again() -> None:
         for t in threads:
             t.join(30)
         assert results == [TEXT] * 8
+
+
+def test_overload_is_refused_at_once_beyond_the_waiting_line() -> None:
+    slow = Behaviour(chunk_delay_s=0.3)
+    with FakeUpstream("openai", slow) as up, relay(up, max_connections=2, max_waiting=1) as s:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+        def post() -> tuple[int, float, str]:
+            started = time.monotonic()
+            resp = httpx.post(f"{s.api}/chat/completions", json=body, timeout=60)
+            return resp.status_code, time.monotonic() - started, resp.text
+
+        with ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(lambda _: post(), range(5)))
+        ok = [r for r in results if r[0] == 200]
+        busy = [r for r in results if r[0] == 503]
+        # Two stream, one waits for a connection and then streams, two are refused at once.
+        assert len(ok) == 3 and len(busy) == 2, [r[:2] for r in results]
+        assert all(elapsed < 1.0 for _, elapsed, _ in busy)
+        assert all("Too many streams are open" in text for _, _, text in busy)
+        assert up.started == 3

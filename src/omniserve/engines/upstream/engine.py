@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -114,7 +114,17 @@ class UpstreamEngine:
         for replicas in self.sets.values():
             await replicas.close()
 
+    def queue_depth(self) -> int:
+        """Streams waiting for a connection to their upstream."""
+        return sum(replicas.waiting for replicas in self.sets.values())
+
     async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+        spec, _ = self.routes[job.model.name]
+        async with self.sets[spec.name].slot(), contextlib.aclosing(self._generate(job)) as events:
+            async for event in events:
+                yield event
+
+    async def _generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
         spec, model = self.routes[job.model.name]
         replicas = self.sets[spec.name]
         body = json.dumps(request_body(spec, job, model)).encode()

@@ -54,6 +54,19 @@ class UpstreamBroken(UpstreamError):
         )
 
 
+class UpstreamBusy(UpstreamError):
+    """Every connection to the model service is streaming and the waiting line is full."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Too many streams are open to the model service; retry in a moment.",
+            status=503,
+            code="ServiceUnavailable",
+            type="service_unavailable",
+            retry_after=1.0,
+        )
+
+
 def _inner(body: Any) -> dict[str, Any]:
     if isinstance(body, dict):
         inner = body.get("error")

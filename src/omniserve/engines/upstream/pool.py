@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import httpx
 
 from omniserve.config import UpstreamSpec
+from omniserve.engines.upstream.errors import UpstreamBusy
 
 log = logging.getLogger("omniserve.upstream")
 
@@ -63,6 +65,33 @@ class ReplicaSet:
             headers["Authorization"] = f"Bearer {key}"
         self.client = httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers)
         self._health: asyncio.Task[None] | None = None
+        # One slot per pooled connection, so that overload is decided here, at once, rather
+        # than by every request waiting out httpx's pool timeout.
+        self._slots = asyncio.Semaphore(spec.max_connections)
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """A connection's worth of capacity for one stream, held while it lasts. Raises
+        ``UpstreamBusy`` at once when ``max_waiting`` already wait, or after
+        ``connect_timeout_s`` of waiting."""
+        if self._slots.locked():
+            if self.waiting >= self.spec.max_waiting:
+                raise UpstreamBusy()
+            self.waiting += 1
+            try:
+                async with asyncio.timeout(self.spec.connect_timeout_s):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise UpstreamBusy() from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def pick(self, exclude: set[int]) -> int | None:
         """The index of the least busy available replica, not among ``exclude``."""
