@@ -137,6 +137,11 @@ def test_part_shapes() -> None:
         ),
         (b"\xff\xfe{}", "Request body is not valid JSON: not UTF-8."),
         (b'{"model": "\xe4\xbd"}', "Request body is not valid JSON: not UTF-8."),
+        # Past Python's limit on integer digits (a ValueError, not a JSONDecodeError).
+        (
+            b'{"max_tokens": ' + b"9" * 4301 + b"}",
+            "Request body is not valid JSON: a number is too long.",
+        ),
     ],
 )
 def test_malformed_json(raw: bytes, message: str) -> None:
@@ -148,6 +153,37 @@ def test_malformed_json(raw: bytes, message: str) -> None:
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null", b"true"])
 def test_body_must_be_an_object(raw: bytes) -> None:
     assert refusal(raw).message == "Request body must be a JSON object."
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "param"),
+    [
+        (
+            body(messages=[{"role": "user", "content": "a\udfffb"}]),
+            "input.messages.0.content",
+            "messages[0].content",
+        ),
+        (body(stop=["x", "\ud800"]), "parameters.stop.1", "stop[1]"),
+        (body(model="\udc00"), "model", "model"),
+        (body(extra_body={"user": "\ud800"}), "parameters.extra_body.user", "extra_body.user"),
+        (body(**{"\ud800": 1}), "body", None),
+    ],
+)
+def test_lone_surrogates_are_refused(raw: bytes, path: str, param: str | None) -> None:
+    # json.dumps escapes them (\\ud800); the engines, the ledger and the error envelope could
+    # not encode them, so they are refused up front, naming the field.
+    assert b"\\ud" in raw
+    err = refusal(raw)
+    assert err.message == f"Request body holds a string with an unpaired surrogate: {path}"
+    assert err.param == param
+
+
+def test_escaped_surrogate_pairs_are_characters() -> None:
+    req = parse_chat_request(body(messages=[{"role": "user", "content": "\U0001f600"}]))
+    assert req.messages[0].content == "\U0001f600"
+    # A backslash followed by "ud800" is text, not an escape.
+    req = parse_chat_request(body(messages=[{"role": "user", "content": "\\ud800"}]))
+    assert req.messages[0].content == "\\ud800"
 
 
 def test_deep_nesting_is_a_400_not_a_crash() -> None:

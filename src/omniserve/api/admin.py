@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from anyio.to_thread import run_sync
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
 from omniserve.accounts.admission import Accounts
@@ -28,6 +28,21 @@ INT32 = 2**31 - 1  # rpm, tpm and concurrency are 32-bit columns
 router = APIRouter(prefix="/admin", dependencies=[Depends(guard("admin"))])
 
 
+INT64 = 2**63 - 1  # quota_tokens and times are 64-bit columns
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+ModelName = Annotated[Text, Field(min_length=1, max_length=100)]
+
+
 class KeyLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,24 +50,24 @@ class KeyLimits(BaseModel):
     rpm: int | None = Field(default=None, ge=0, le=INT32)
     tpm: int | None = Field(default=None, ge=0, le=INT32)
     concurrency: int | None = Field(default=None, ge=0, le=INT32)
-    quota_tokens: int | None = Field(default=None, ge=0)
-    models: list[str] = Field(default_factory=list)
+    quota_tokens: int | None = Field(default=None, ge=0, le=INT64)
+    models: list[ModelName] = Field(default_factory=list, max_length=100)
     admin: bool = False
 
 
 class NewKey(KeyLimits):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
 
 
 class KeyChanges(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
     rpm: int | None = Field(default=None, ge=0, le=INT32)
     tpm: int | None = Field(default=None, ge=0, le=INT32)
     concurrency: int | None = Field(default=None, ge=0, le=INT32)
-    quota_tokens: int | None = Field(default=None, ge=0)
-    models: list[str] | None = None
+    quota_tokens: int | None = Field(default=None, ge=0, le=INT64)
+    models: list[ModelName] | None = Field(default=None, max_length=100)
     admin: bool | None = None
 
 
@@ -127,7 +142,7 @@ async def usage(
     request: Request,
     by: GroupBy = "model",
     key: str | None = None,
-    since_ms: int | None = None,
+    since_ms: Annotated[int | None, Query(ge=0, le=INT64)] = None,
 ) -> Response:
     engine = _store(request).engine
     lines = await run_sync(lambda: usage_report(engine, by=by, key_id=key, since_ms=since_ms))

@@ -32,6 +32,20 @@ def error_response(exc: ApiError, request_id: str | None = None) -> Response:
     )
 
 
+def validation_error(exc: RequestValidationError) -> InvalidParameter:
+    """The framework's validation errors as one readable message: where and what, never the
+    server's source lines."""
+    parts: list[str] = []
+    param: str | None = None
+    for error in exc.errors()[:5]:
+        loc = [str(x) for x in error.get("loc", ()) if x not in ("body", "query", "path")]
+        where = ".".join(loc) or "body"
+        param = param or where
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    message = "Invalid request: " + "; ".join(parts) if parts else "Invalid request."
+    return InvalidParameter(message, param=param)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error the framework raises leaves in the same envelope as the API's own."""
 
@@ -52,7 +66,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(err)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
-        return error_response(InvalidParameter(f"Invalid request: {exc}"))
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc))
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_error)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TypeVar
 
+import anyio
+
 from omniserve.catalog import MediaLimits
 from omniserve.config import MediaSettings
 from omniserve.engines.base import ChatMessage, GenerationJob, MediaItem
@@ -67,21 +69,26 @@ class MediaProcessor:
             return job
         gate = asyncio.Semaphore(self.settings.request_concurrency)
         limits = job.model.media
+        results: dict[tuple[int, int], tuple[DecodedMedia, tuple[bytes, ...]]] = {}
+
+        async def one(i: int, j: int) -> None:
+            item = job.messages[i].media[j]
+            results[(i, j)] = await self._item(item, policy, limits, gate, keep_bytes)
+
+        # anyio's task group, not asyncio.TaskGroup: on Python 3.11 the latter leaves the
+        # request's task cancelled after a child fails, which then escapes the response's own
+        # task group (a 400 followed by a dropped keep-alive connection).
         try:
-            async with asyncio.TaskGroup() as group:
-                tasks = {
-                    (i, j): group.create_task(
-                        self._item(job.messages[i].media[j], policy, limits, gate, keep_bytes)
-                    )
-                    for i, j in items
-                }
+            async with anyio.create_task_group() as group:
+                for i, j in items:
+                    group.start_soon(one, i, j)
         except BaseExceptionGroup as group_error:
             raise _first_api_error(group_error) from None
         messages = list(job.messages)
         for i, message in enumerate(job.messages):
             if message.media:
                 media = tuple(
-                    replace(item, decoded=tasks[(i, j)].result()[0], raw=tasks[(i, j)].result()[1])
+                    replace(item, decoded=results[(i, j)][0], raw=results[(i, j)][1])
                     for j, item in enumerate(message.media)
                 )
                 messages[i] = ChatMessage(role=message.role, text=message.text, media=media)
