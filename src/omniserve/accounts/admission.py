@@ -373,26 +373,24 @@ class Ticket:
         try:
             async for event in events:
                 produced = True
+                content = False
                 if isinstance(event, TextDelta | ReasoningDelta):
-                    if event.text:
-                        now = time.monotonic()
-                        if ttft is None:
-                            ttft = now
-                        if gaps is not None and last is not None:
-                            gaps.observe(now - last)
-                        last = now
+                    content = bool(event.text)
                     (text if isinstance(event, TextDelta) else reasoning).append(event.text)
                 elif isinstance(event, AudioDelta):
-                    if event.pcm:
-                        now = time.monotonic()
-                        if ttfa is None:
-                            ttfa = now
-                        if gaps is not None and last is not None:
-                            gaps.observe(now - last)
-                        last = now
+                    content = bool(event.pcm)
                     audio_bytes += len(event.pcm)
                 elif isinstance(event, Finished):
                     status, code, usage, reason = "ok", None, event.usage, event.reason
+                if content:  # a chunk the client sees: first-token times and the gap
+                    now = time.monotonic()
+                    if isinstance(event, AudioDelta):
+                        ttfa = ttfa or now
+                    else:
+                        ttft = ttft or now
+                    if gaps is not None and last is not None:
+                        gaps.observe(now - last)
+                    last = now
                 yield event
         except ApiError as exc:
             status, code = "error", exc.code
