@@ -117,6 +117,10 @@ def serve(
         float | None,
         typer.Option(help="On SIGTERM, seconds running streams may go on \\[default: 30]."),
     ] = None,
+    playground: Annotated[
+        bool | None,
+        typer.Option("--playground/--no-playground", help="The browser playground at /."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Start the API server."""
@@ -144,6 +148,7 @@ def serve(
         log_level=log_level,
         log_format=log_format,
         drain_timeout_s=drain_timeout,
+        playground=playground,
         tokens_per_second=tokens_per_second,
         first_token_ms=first_token_ms,
         accounts={
@@ -175,6 +180,8 @@ def serve(
         f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "
         f"(engine: {settings.engine})"
     )
+    if settings.playground:
+        console.print(f"playground on http://{settings.host}:{settings.port}/")
     from omniserve.api.drain import DrainingServer
 
     app = create_app(service=service)

@@ -229,6 +229,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # On SIGTERM: how long running streams may go on before they are ended (docs/operations).
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    # The browser playground at / and /playground (docs/playground.md).
+    playground: bool = True
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)

@@ -22,6 +22,7 @@ from omniserve.config import Settings
 from omniserve.errors import ServiceUnavailable
 from omniserve.metrics import CONTENT_TYPE, OTHER, Metrics
 from omniserve.service import ChatService
+from omniserve.web import playground_router
 
 health = APIRouter(dependencies=[Depends(guard("public"))])
 
@@ -137,6 +138,8 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     app.include_router(health)
     app.include_router(operator)
     app.include_router(_docs(app))
+    if settings.playground:
+        app.include_router(playground_router(accounts))
     return app
 
 

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from omniserve.accounts.admission import Caller
 from omniserve.api.auth import guard
 from omniserve.api.errors import error_response
-from omniserve.catalog import ModelSpec
+from omniserve.catalog import ModelSpec, Voice
 from omniserve.errors import ModelNotFound
 from omniserve.service import ChatService
 
@@ -37,6 +37,37 @@ def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
         "voices": list(model.voice_names),
         "default_voice": model.default_voice if model.audio_output else None,
         "output_languages": [str(lang) for lang in model.output_languages],
+        "voice_details": [voice_object(v) for v in model.voices],
+        "media_limits": media_object(model),
+    }
+
+
+def voice_object(voice: Voice) -> dict[str, Any]:
+    """A voice as a picker shows it: who it is and what it speaks."""
+    return {
+        "name": voice.name,
+        "display_name": voice.display_name,
+        "description": voice.description,
+        "gender": voice.gender,
+        "languages": [str(lang) for lang in voice.languages],
+        "dialect": voice.dialect,
+    }
+
+
+def media_object(model: ModelSpec) -> dict[str, Any]:
+    """The input limits a client can check before it uploads (the server checks them again)."""
+    media = model.media
+    return {
+        "data_uri_max_bytes": media.data_uri_max_bytes,
+        "image_max_bytes": media.image_max_bytes,
+        "audio_max_bytes": media.audio_max_bytes,
+        "audio_max_seconds": media.audio_max_seconds,
+        "video_max_bytes": media.video_max_bytes,
+        "video_max_seconds": media.video_max_seconds,
+        "frames_min": media.frames_min,
+        "frames_max": media.frames_max,
+        "audio_per_request": media.audio_per_request,
+        "video_per_request": media.video_per_request,
     }
 
 
