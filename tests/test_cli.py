@@ -86,6 +86,10 @@ def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:
             },
         )
         assert r.status_code == 404
+        assert httpx.get(f"{server.base}/").headers["content-type"].startswith("text/html")
+    with serving("--config", str(config), "--no-playground") as server:
+        assert httpx.get(f"{server.base}/").status_code == 404
+        assert httpx.get(f"{server.base}/v1/models").status_code == 200
 
 
 def test_serve_refuses_to_start_without_espeak() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import soundfile
 from PIL import Image
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from browser import open_page, screenshot
 from helpers import LiveServer, chat_body, fast_settings, live_server, rms
@@ -208,6 +210,67 @@ def test_a_microphone_recording(page: Page) -> None:
     assert match, reply
     assert 1.5 <= float(match.group(1)) <= 4.0
     assert "audio" in page.inner_text(f"{LAST} .usage").split("output")[0]
+
+
+def test_an_uploaded_video_with_its_sound(page: Page, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    sources = ["-f", "lavfi", "-i", "testsrc=s=320x240:r=10:d=3"]
+    sources += ["-f", "lavfi", "-i", "sine=f=440:d=3"]
+    codecs = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", *sources, *codecs, str(clip)],
+        check=True,
+        timeout=60,
+    )
+    page.set_input_files("#file", str(clip))
+    expect(page.locator("#attachments .chip")).to_contain_text("clip.mp4")
+    text_only(page)
+    send(page, "What happens in this video?")
+    reply = wait_reply(page)
+    assert re.search(r"Video 1: [\d.]+ seconds, \d+ frames", reply), reply
+    usage = page.inner_text(f"{LAST} .usage").split("output")[0]
+    assert "video" in usage and "audio" in usage  # its soundtrack is heard too
+    assert page.locator(".msg.user video[controls]").count() == 1
+
+
+def test_dropping_a_file_on_the_page(page: Page) -> None:
+    page.evaluate(
+        """async (b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+            const init = {dataTransfer: data, bubbles: true};
+            document.body.dispatchEvent(new DragEvent('dragover', init));
+            document.body.dispatchEvent(new DragEvent('drop', init));
+        }""",
+        base64.b64encode(_png_bytes((200, 100))).decode(),
+    )
+    expect(page.locator("#attachments .chip")).to_contain_text("dropped.png")
+    text_only(page)
+    send(page, "And this one?")
+    assert "Image 1: 200x100 pixels" in wait_reply(page)
+
+
+def test_files_too_large_for_a_data_url(page: Page, tmp_path: Path) -> None:
+    """A big photo is resized in the browser; a big video is refused before it is sent,
+    with the way out."""
+    noise = np.random.default_rng(0).integers(0, 256, (1800, 2400, 3), dtype=np.uint8)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(noise).save(photo)
+    assert photo.stat().st_size > 10_485_760
+    page.set_input_files("#file", str(photo))
+    expect(page.locator("#attachments .chip")).to_contain_text("resized")
+    text_only(page)
+    send(page, "This is a big photo of the sea.")
+    assert "Image 1: 2048x1536 pixels" in wait_reply(page)
+
+    movie = tmp_path / "movie.mp4"
+    movie.write_bytes(bytes(12 * 1024 * 1024))
+    page.set_input_files("#file", str(movie))
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text("movie.mp4 is 12.0 MB")
+    expect(notice).to_contain_text("add its URL instead")
+    expect(page.locator("#attachments .chip")).to_have_count(0)
 
 
 @pytest.fixture(scope="module")
@@ -434,3 +497,26 @@ SILENT_WAV = base64.b64encode(
     + (32000).to_bytes(4, "little")
     + bytes(32000)
 ).decode()
+
+
+def test_behind_a_proxy_with_a_path_prefix(browser: Browser, paced: LiveServer) -> None:
+    """Every URL in the page is relative: served under /omni/, it loads and talks through it.
+    (The stand-in proxy buffers each response, so this checks addresses, not streaming.)"""
+    page, errors = open_page(browser, "about:blank")
+    seen: list[str] = []
+
+    def strip_prefix(route: Route) -> None:
+        path = route.request.url.split("/omni", 1)[1]
+        seen.append(path)
+        route.fulfill(response=route.fetch(url=paced.base_url + path))
+
+    page.route(re.compile(r".*/omni/.*"), strip_prefix)
+    page.goto(f"{paced.base_url}/omni/")
+    page.wait_for_selector("#model:not([disabled])")
+    text_only(page)
+    send(page, "Hello through the proxy.")
+    assert "Hello through the proxy." in wait_reply(page)
+    assert {"/", "/playground/app.js", "/compatible-mode/v1/models"} <= set(seen)
+    assert "/compatible-mode/v1/chat/completions" in seen
+    page.context.close()
+    assert errors.items == []

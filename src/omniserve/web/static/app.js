@@ -82,7 +82,8 @@ function applyTheme(theme) {
   if (!THEMES.includes(theme)) theme = "system";
   if (theme === "system") delete document.documentElement.dataset.theme;
   else document.documentElement.dataset.theme = theme;
-  $("theme-button").textContent = `Theme: ${theme}`;
+  $("theme-name").textContent = theme;
+  $("theme-button").setAttribute("aria-label", `Colour theme: ${theme}`);
   prefs.theme = theme;
 }
 
