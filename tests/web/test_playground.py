@@ -333,6 +333,21 @@ def test_a_multi_turn_conversation_and_clearing_it(page: Page, tmp_path: Path) -
     assert "I received 1 message(s)" in wait_reply(page)
 
 
+def test_clearing_while_a_reply_streams(page: Page) -> None:
+    text_only(page)
+    send(page, "First question.")
+    wait_reply(page)
+    send(page, "Tell me everything.")
+    page.wait_for_function(
+        "() => document.querySelector('.msg.assistant:last-of-type .text').textContent.length > 5"
+    )
+    page.click("#clear")
+    expect(page.locator(".msg")).to_have_count(0)
+    assert page.is_visible("#send")
+    send(page, "A new conversation now.")
+    assert "I received 1 message(s)" in wait_reply(page)
+
+
 def test_a_second_recording_replaces_the_first_in_the_context(page: Page, tmp_path: Path) -> None:
     """The API takes one audio clip per request: the older one is left out, and said so."""
     wav = tmp_path / "clip.wav"

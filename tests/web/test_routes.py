@@ -43,14 +43,31 @@ def test_every_file_the_page_names_is_served(server: LiveServer) -> None:
         assert r.content == (STATIC / name).read_bytes()
 
 
-def test_files_are_revalidated_by_content_hash(server: LiveServer) -> None:
-    r = httpx.get(f"{server.base_url}/playground/app.js")
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_files_are_revalidated_by_content_hash(server: LiveServer, encoding: str) -> None:
+    url = f"{server.base_url}/playground/app.js"
+    r = httpx.get(url, headers={"Accept-Encoding": encoding})
     etag = r.headers["etag"]
-    assert r.headers["cache-control"] == "no-cache" and re.fullmatch(r'"[0-9a-f]{32}"', etag)
-    again = httpx.get(f"{server.base_url}/playground/app.js", headers={"If-None-Match": etag})
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.headers["vary"] == "accept-encoding"
+    suffix = "-gzip" if encoding == "gzip" else ""
+    assert re.fullmatch(rf'"[0-9a-f]{{32}}{suffix}"', etag)
+    again = httpx.get(url, headers={"If-None-Match": etag, "Accept-Encoding": encoding})
     assert again.status_code == 304 and again.content == b""
-    stale = httpx.get(f"{server.base_url}/playground/app.js", headers={"If-None-Match": '"x"'})
+    stale = httpx.get(url, headers={"If-None-Match": '"x"', "Accept-Encoding": encoding})
     assert stale.status_code == 200 and stale.content == r.content
+
+
+def test_files_go_gzipped_to_browsers_that_take_it(server: LiveServer) -> None:
+    url = f"{server.base_url}/playground/app.js"
+    packed = httpx.get(url, headers={"Accept-Encoding": "gzip, deflate, br"})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert int(packed.headers["content-length"]) < len(packed.content) / 2
+    assert packed.content == (STATIC / "app.js").read_bytes()  # httpx has unpacked it
+    for refused in ("identity", "br", "gzip;q=0", ""):
+        plain = httpx.get(url, headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in plain.headers, refused
+        assert int(plain.headers["content-length"]) == len(plain.content)
 
 
 @pytest.mark.parametrize(

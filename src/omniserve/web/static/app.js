@@ -25,6 +25,7 @@ const state = {
   model: null,
   key: sessionStorage.getItem(KEY_STORE) || "",
   history: [], // the conversation as API messages
+  conversation: 0, // bumped when cleared: a reply still ending then belongs to no conversation
   attachments: [],
   previews: [], // blob URLs shown in the log, freed when the conversation is cleared
   controller: null,
@@ -249,7 +250,8 @@ function renderAttachments() {
     ...state.attachments.map((a, i) => {
       const remove = el("button", { type: "button", class: "remove", "aria-label": `Remove ${a.name}`, text: "×" });
       remove.addEventListener("click", () => {
-        state.attachments.splice(i, 1);
+        const [removed] = state.attachments.splice(i, 1);
+        if (removed.preview) URL.revokeObjectURL(removed.preview);
         renderAttachments();
         $("prompt").focus();
       });
@@ -471,6 +473,7 @@ async function send() {
   state.history.push(userMessage);
 
   const view = renderAssistant(model.id, audioOut ? voice : null);
+  const round = state.conversation;
   const reply = { text: "", reasoning: "", transcript: "", pcm: [], usage: null, ttft: null, ttfa: null, finish: null };
   const controller = new AbortController();
   state.controller = controller;
@@ -546,6 +549,9 @@ async function send() {
   if (!reply.text && reply.transcript) reply.text = reply.transcript;
   if (outcome === "stopped") stopLiveAudio();
 
+  if (round !== state.conversation) {
+    return; // cleared while this reply was ending: nothing of it stays
+  }
   if (outcome === "error" && !reply.text) {
     // The turn never happened: it leaves the conversation and comes back to the composer.
     state.history.pop();
@@ -585,7 +591,10 @@ function stop() {
 function clearConversation() {
   stop();
   state.history = [];
-  for (const url of state.previews) URL.revokeObjectURL(url);
+  state.conversation += 1;
+  // Attachments waiting in the message box keep their previews.
+  const waiting = new Set(state.attachments.map((a) => a.preview));
+  for (const url of state.previews) if (!waiting.has(url)) URL.revokeObjectURL(url);
   state.previews = [];
   $("log").replaceChildren($("empty"));
   $("empty").hidden = false;
