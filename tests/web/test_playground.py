@@ -251,6 +251,38 @@ def test_dropping_a_file_on_the_page(page: Page) -> None:
     assert "Image 1: 200x100 pixels" in wait_reply(page)
 
 
+def test_pasting_a_picture_into_the_message_box(page: Page) -> None:
+    page.fill("#prompt", "What is in ")
+    kept = page.evaluate(
+        """async (b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], 'image.png', {type: 'image/png'}));
+            const init = {clipboardData: data, bubbles: true, cancelable: true};
+            const box = document.querySelector('#prompt');
+            return box.dispatchEvent(new ClipboardEvent('paste', init));
+        }""",
+        base64.b64encode(_png_bytes((120, 90))).decode(),
+    )
+    assert kept is False  # the page took the file; the browser pastes nothing into the text
+    expect(page.locator("#attachments .chip")).to_contain_text("image.png")
+    # Pasted text stays the browser's to insert.
+    plain = page.evaluate(
+        """() => {
+            const data = new DataTransfer();
+            data.setData('text/plain', 'this picture?');
+            const init = {clipboardData: data, bubbles: true, cancelable: true};
+            const box = document.querySelector('#prompt');
+            return box.dispatchEvent(new ClipboardEvent('paste', init));
+        }"""
+    )
+    assert plain is True
+    expect(page.locator("#attachments .chip")).to_have_count(1)
+    text_only(page)
+    send(page, "What is in this picture?")
+    assert "Image 1: 120x90 pixels" in wait_reply(page)
+
+
 def test_files_too_large_for_a_data_url(page: Page, tmp_path: Path) -> None:
     """A big photo is resized in the browser; a big video is refused before it is sent,
     with the way out."""
