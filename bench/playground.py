@@ -24,51 +24,24 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from playwright.sync_api import Page, sync_playwright
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser import CHROMIUM_FLAGS  # noqa: E402
+from dbservers import free_port  # noqa: E402
+from stream import spawn_server  # noqa: E402
+
 PROMPT = "Who are you? Tell me a little about yourself."
-FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(port: int, tps: float, first_ms: float, data_dir: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "omniserve", "serve", "--port", str(port),
-           "--tokens-per-second", str(tps), "--first-token-ms", str(first_ms),
-           "--log-level", "warning", "--data-dir", data_dir]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def baseline(client: httpx.Client, api: str) -> dict[str, float]:
@@ -163,10 +136,10 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data_dir:
-        proc = spawn(port, args.tokens_per_second, args.first_token_ms, data_dir)
+        proc = spawn_server(port, args.tokens_per_second, args.first_token_ms, data_dir, None)
         try:
             with sync_playwright() as p, httpx.Client(timeout=120) as client:
-                browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+                browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
                 loads = [cold_load(browser, f"{base}/") for _ in range(args.loads)]
                 page = browser.new_context().new_page()
                 page.goto(f"{base}/")
