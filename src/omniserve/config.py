@@ -112,7 +112,14 @@ class TransformersSettings(BaseModel):
     attn_implementation: str | None = None
     # "auto": speak when the weights have a talker; false: never load the talker (saves memory).
     audio_output: Literal["auto", "on", "off"] = "auto"
-    # Requests waiting for the model beyond the one running; more are refused with a 429.
+    # Requests decoded together in one batch (each holds a slot of the key/value cache).
+    max_batch: int = Field(default=8, ge=1, le=256)
+    # Positions (prompt and reply) one slot holds; by default the model's context, at most
+    # 32768. Longer inputs are refused as too long; lower it to spend less memory per slot.
+    max_seq_len: int | None = Field(default=None, ge=64)
+    # On a GPU, replay each decode step from CUDA graphs captured at start-up.
+    cuda_graphs: bool = True
+    # Requests waiting for a free slot; more are refused with a 429.
     queue_size: int = Field(default=16, ge=0)
     # Extra keyword arguments for generate(), e.g. {"talker_max_new_tokens" = 2048}.
     generate_kwargs: dict[str, Any] = Field(default_factory=dict)

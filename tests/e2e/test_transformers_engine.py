@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import subprocess
+import threading
 import time
 import wave
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from openai import OpenAI
 from PIL import Image
 
 from helpers import LiveServer, fast_settings, live_server
+from omniserve.catalog import Catalog
+from omniserve.engines.hf.checkpoint import CheckpointError
+from omniserve.engines.hf.engine import TransformersEngine
 from tiny_omni import QWEN3, QWEN25, build_qwen3_thinking, build_tiny
 
 NAMES = {QWEN25: "qwen2.5-omni-7b", QWEN3: "qwen3-omni-flash"}
@@ -336,22 +340,32 @@ def test_audio_is_refused_where_the_weights_cannot_speak(served: tuple[str, Live
     assert bad.json()["error"]["param"] == "audio.voice"
 
 
-# -- one request at a time, and what goes wrong ------------------------------------------------
+# -- slots, queue, and what goes wrong ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def endless(tiny_dirs: dict[str, Path]) -> Iterator[LiveServer]:
-    """Qwen3 text only, no end of text until max_tokens, and no queue beyond the running one."""
+    """Qwen3 text only, no end of text until max_tokens, one slot and no queue beyond it."""
     models = [{"name": NAMES[QWEN3], "checkpoint": str(tiny_dirs[QWEN3])}]
     settings = _settings(
-        models, audio_output="off", queue_size=0, generate_kwargs={"thinker_min_new_tokens": 3000}
+        models,
+        audio_output="off",
+        max_batch=1,
+        queue_size=0,
+        generate_kwargs={"thinker_min_new_tokens": 3000},
     )
     with live_server(settings) as server:
         yield server
 
 
+def _scheduler(server: LiveServer) -> Any:
+    engine: Any = server.service.engine
+    (scheduler,) = engine.schedulers.values()
+    return scheduler
+
+
 def test_disconnect_stops_generation_within_a_step(endless: LiveServer) -> None:
-    engine: Any = endless.service.engine
+    scheduler = _scheduler(endless)
     body = {"model": NAMES[QWEN3], "messages": _user("Talk."), "stream": True, "max_tokens": 3000}
     with httpx.Client(timeout=30) as client:
         with client.stream("POST", f"{endless.api}/chat/completions", json=body) as r:
@@ -359,11 +373,14 @@ def test_disconnect_stops_generation_within_a_step(endless: LiveServer) -> None:
             lines = r.iter_lines()
             for _ in range(4):
                 next(lines)
-            assert engine.queue.lock.locked()
+            assert scheduler.running == 1
         left = time.monotonic()
-        while engine.queue.lock.locked() and time.monotonic() - left < 5:
+        while scheduler.running and time.monotonic() - left < 5:
             time.sleep(0.01)
-        assert not engine.queue.lock.locked(), "generation went on after the client left"
+        assert scheduler.running == 0, "generation went on after the client left"
+        steps = scheduler.steps
+        time.sleep(0.2)
+        assert scheduler.steps == steps, "the model kept stepping with no request"
         # The model is free again: the next request is served.
         with client.stream("POST", f"{endless.api}/chat/completions", json=body) as again:
             assert again.status_code == 200
@@ -373,21 +390,32 @@ def test_disconnect_stops_generation_within_a_step(endless: LiveServer) -> None:
 def test_full_queue_is_refused_with_429(endless: LiveServer) -> None:
     body = {"model": NAMES[QWEN3], "messages": _user("Talk."), "stream": True, "max_tokens": 3000}
     url = f"{endless.api}/chat/completions"
-    with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body) as r:
-        next(r.iter_lines())
-        refused = client.post(url, json=body)
+    started = threading.Event()
+    stop = threading.Event()
+
+    def hold_the_slot() -> None:
+        # A reader that keeps reading: the slot stays taken until it stops.
+        with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body) as r:
+            for _ in r.iter_lines():
+                started.set()
+                if stop.is_set():
+                    return
+
+    reader = threading.Thread(target=hold_the_slot)
+    reader.start()
+    try:
+        assert started.wait(30)
+        refused = httpx.post(url, json=body, timeout=30)
+    finally:
+        stop.set()
+        reader.join(30)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "limit_requests"
     assert float(refused.headers["retry-after"]) > 0
 
 
-def test_a_failing_request_fails_alone(tiny_dirs: dict[str, Path]) -> None:
+def test_an_unknown_generate_option_is_refused_at_start(tiny_dirs: dict[str, Path]) -> None:
     models = [{"name": NAMES[QWEN3], "checkpoint": str(tiny_dirs[QWEN3])}]
     settings = _settings(models, generate_kwargs={"thinker_no_such_option": 1})
-    body = {"model": NAMES[QWEN3], "messages": _user("Hi"), "stream": True}
-    with live_server(settings) as server:
-        for _ in range(2):
-            r = httpx.post(f"{server.api}/chat/completions", json=body, timeout=30)
-            assert r.status_code == 500
-            assert r.json()["error"]["message"] == "The model failed on this request."
-        assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+    with pytest.raises(CheckpointError, match="thinker_no_such_option"):
+        TransformersEngine(settings.transformers, Catalog.default(), chunk_bytes=4800)

@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from omniserve.engines.hf.voice import Qwen3Voice, Qwen25Voice
+from omniserve.engines.hf.render import CodecRenderer, DitRenderer, DitSettings
+from omniserve.engines.hf.voice import ChunkPlan, Qwen3Voice, Qwen25Voice
 from tiny_omni import QWEN3, QWEN25
+
+
+class Clock:
+    """A clock the test moves by hand, so the listener's lead is what the test says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _feed(voice: Any, codes: list[Any]) -> tuple[list[np.ndarray], list[int], np.ndarray | None]:
@@ -22,6 +33,57 @@ def _feed(voice: Any, codes: list[Any]) -> tuple[list[np.ndarray], list[int], np
             chunks.append(out)
             after.append(i)
     return chunks, after, voice.finish()
+
+
+# -- the chunk plan --------------------------------------------------------------------------
+
+
+def test_chunks_grow_with_the_listeners_lead() -> None:
+    clock = Clock()
+    plan = ChunkPlan((4, 8, 16), rate=12.5, clock=clock)
+    assert plan.due() == 4  # nothing sent yet: the first size
+    plan.sent(24_000)  # one second of audio, at t=0
+    assert plan.due() == 8  # the next size: its codes come well within the lead
+    plan.sent(24_000)
+    assert plan.due() == 16
+    plan.sent(24_000)
+    assert plan.due() == 16  # the largest size stays
+    clock.now = 2.9  # 0.1 s of audio left to play
+    assert plan.due() == 4
+
+
+def test_a_short_lead_keeps_chunks_small() -> None:
+    clock = Clock()
+    plan = ChunkPlan((4, 8, 16, 32), rate=12.5, clock=clock)
+    plan.sent(24_000)
+    plan.sent(24_000)
+    clock.now = 1.5  # half a second left: 6 codes' worth
+    assert plan.due() == 4
+    clock.now = 0.0  # two seconds left: 25 codes' worth, 80 % of it is 20
+    assert plan.due() == 16
+
+
+@pytest.mark.parametrize("speed", [1.25, 1.5, 3.0, 10.0])
+def test_a_talker_faster_than_real_time_never_leaves_a_gap(models: Any, speed: float) -> None:
+    """Codes arrive at ``speed`` x real time; whenever a chunk leaves, the audio sent before it
+    has not run out yet, and faster talkers get larger chunks."""
+    code2wav = models[QWEN3].code2wav
+    clock = Clock()
+    voice = Qwen3Voice(CodecRenderer(code2wav), clock=clock)
+    codes = _qwen3_codes(code2wav, 150, seed=1)
+    played_until, sizes, last = None, [], 0
+    for i, code in enumerate(codes, start=1):
+        clock.now = i / (12.5 * speed)
+        out = voice.add(code)
+        if out is None:
+            continue
+        if played_until is not None:
+            assert clock.now <= played_until + 1e-9, f"a gap before the chunk after code {i}"
+        played_until = max(played_until or clock.now, clock.now) + len(out) / 24_000
+        sizes.append(i - last)
+        last = i
+    assert sizes[0] == 4
+    assert max(sizes) >= (32 if speed >= 3 else 4)
 
 
 # -- Qwen3-Omni: causal code2wav -------------------------------------------------------------
@@ -42,17 +104,17 @@ def _whole(code2wav: Any, codes: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize(
     ("kwargs", "n", "due"),
     [
-        ({}, 17, [4, 16]),  # the defaults: 4 codes first, then 12 at a time
-        # Decodes that start past the first code, with only a few codes of left context.
-        ({"first_chunk": 2, "chunk": 4, "left_context": 3}, 15, [2, 6, 10, 14]),
+        # The defaults: 4 codes first; the next chunks as large as the audio sent lets them be.
+        ({}, 17, [4, 8, 12]),
+        ({"sizes": (2, 4), "left_context": 3}, 15, [2, 4, 6, 10, 14]),  # little left context
     ],
 )
 def test_qwen3_chunks_join_into_the_whole_clip(
-    models: Any, kwargs: dict[str, int], n: int, due: list[int]
+    models: Any, kwargs: dict[str, Any], n: int, due: list[int]
 ) -> None:
     code2wav = models[QWEN3].code2wav
     codes = _qwen3_codes(code2wav, n, seed=n)
-    voice = Qwen3Voice(code2wav, **kwargs)
+    voice = Qwen3Voice(CodecRenderer(code2wav), clock=Clock(), **kwargs)
 
     chunks, after, last = _feed(voice, list(codes))
 
@@ -71,7 +133,7 @@ def test_qwen3_chunks_join_into_the_whole_clip(
 
 def test_qwen3_finish_without_new_codes_sends_nothing(models: Any) -> None:
     code2wav = models[QWEN3].code2wav
-    voice = Qwen3Voice(code2wav, first_chunk=2)
+    voice = Qwen3Voice(CodecRenderer(code2wav), sizes=(2,), clock=Clock())
     assert voice.finish() is None
     codes = _qwen3_codes(code2wav, 2, seed=3)
     assert voice.add(codes[0]) is None
@@ -82,7 +144,7 @@ def test_qwen3_finish_without_new_codes_sends_nothing(models: Any) -> None:
 def test_qwen3_a_short_utterance_leaves_at_finish(models: Any) -> None:
     code2wav = models[QWEN3].code2wav
     codes = _qwen3_codes(code2wav, 3, seed=4)
-    chunks, _, last = _feed(Qwen3Voice(code2wav), list(codes))  # fewer than first_chunk
+    chunks, _, last = _feed(Qwen3Voice(CodecRenderer(code2wav), clock=Clock()), list(codes))
     assert chunks == []
     assert last is not None
     np.testing.assert_allclose(last, _whole(code2wav, codes), atol=1e-4)
@@ -96,51 +158,26 @@ def _qwen25_codes(n: int, seed: int) -> list[int]:
     return [int(c) for c in torch.randint(0, 60, (n,), generator=gen)]  # 60..63: codec specials
 
 
+def _renderer(model: Any) -> DitRenderer:
+    return DitRenderer(model.token2wav, settings=DitSettings(num_steps=2))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "n", "due"),
     [
-        ({}, 37, [36]),  # the defaults: first_chunk (24) + look_ahead (12) codes first
-        (
-            {
-                "first_chunk": 4,
-                "chunk": 4,
-                "max_chunk": 4,
-                "look_back": 4,
-                "look_ahead": 2,
-                "overlap": 1,
-            },
-            16,
-            [6, 10, 14],
-        ),
-        (  # chunks grow to max_chunk after the first two
-            {
-                "first_chunk": 4,
-                "chunk": 4,
-                "max_chunk": 8,
-                "look_back": 4,
-                "look_ahead": 2,
-                "overlap": 1,
-            },
-            30,
-            [6, 10, 18, 26],
-        ),
+        ({}, 37, [36]),  # the defaults: the first 24 codes with 12 of look-ahead
+        ({"sizes": (4,), "look_back": 4, "look_ahead": 2, "overlap": 1}, 16, [6, 10, 14]),
+        # Chunks of 8 once the audio sent covers making them (and their look-ahead).
+        ({"sizes": (4, 8), "look_back": 4, "look_ahead": 2, "overlap": 1}, 30, [6, 10, 14, 18, 26]),
     ],
 )
 def test_qwen25_chunks_cover_every_code(
-    models: Any, kwargs: dict[str, int], n: int, due: list[int]
+    models: Any, kwargs: dict[str, Any], n: int, due: list[int]
 ) -> None:
     model = models[QWEN25]
-    speaker = model.speaker_map["Chelsie"]
+    renderer = _renderer(model)
     codes = _qwen25_codes(n, seed=n)
-    with torch.inference_mode():
-        one = model.token2wav(
-            torch.tensor([codes[:1]]),
-            conditioning=speaker["cond"],
-            reference_mel=speaker["ref_mel"],
-            num_steps=2,
-        )
-    per_code = one.numel()  # samples per code
-    voice = Qwen25Voice(model.token2wav, speaker, steps=2, **kwargs)
+    voice = Qwen25Voice(renderer, model.speaker_map["Chelsie"], seed=1, clock=Clock(), **kwargs)
 
     chunks, after, last = _feed(voice, codes)
 
@@ -149,22 +186,38 @@ def test_qwen25_chunks_cover_every_code(
     assert last is not None
     streamed = np.concatenate([*chunks, last])
     assert streamed.dtype == np.float32
+    per_code = renderer.samples_per_code
     assert abs(len(streamed) - n * per_code) <= per_code
     assert np.isfinite(streamed).all()
     assert np.any(streamed != 0)
     assert voice.codes == n
 
 
+def test_qwen25_same_seed_same_audio(models: Any) -> None:
+    model = models[QWEN25]
+    renderer = _renderer(model)
+    codes = _qwen25_codes(40, seed=2)
+
+    def speak(seed: int) -> np.ndarray:
+        voice = Qwen25Voice(renderer, model.speaker_map["Ethan"], seed=seed, clock=Clock())
+        chunks, _, last = _feed(voice, codes)
+        return np.concatenate([*chunks, *([last] if last is not None else [])])
+
+    first = speak(7)
+    np.testing.assert_array_equal(speak(7), first)
+    assert not np.array_equal(speak(8), first)
+
+
 def test_qwen25_finish_after_a_chunk_sends_the_held_tail(models: Any) -> None:
     model = models[QWEN25]
     voice = Qwen25Voice(
-        model.token2wav,
+        _renderer(model),
         model.speaker_map["Ethan"],
-        steps=2,
-        first_chunk=4,
+        sizes=(4,),
         look_back=4,
         look_ahead=0,
         overlap=2,
+        clock=Clock(),
     )
     codes = _qwen25_codes(4, seed=5)
     chunks, after, last = _feed(voice, codes)

@@ -1,26 +1,35 @@
 """The transformers engine: open Qwen2.5-Omni / Qwen3-Omni weights, in this process.
 
-Requests run one at a time on one worker thread (a model on a GPU gains nothing from two Python
-threads calling ``generate``), in arrival order; up to ``queue_size`` wait, and more are refused
-with a 429 and ``Retry-After``. A request that fails (GPU out of memory included) fails alone.
+Each loaded checkpoint has one scheduler (``scheduler.py``): a thread that decodes every running
+request together, up to ``max_batch`` at once, the talker fed by the thinker as it writes.
+Requests beyond the free slots wait in arrival order, up to ``queue_size``; more are refused with
+a 429 and ``Retry-After``. Before the server opens its port every stage has run once (and, on a
+GPU, every decode step has been captured as CUDA graphs), so the first request is as fast as the
+rest. A request that fails (GPU out of memory included) fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import anyio
+from rich.console import Console
 
 from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import ServedCheckpoint, TransformersSettings
-from omniserve.engines.base import EngineEvent, Finished, GenerationJob
+from omniserve.engines.base import (
+    ChatMessage,
+    EngineEvent,
+    Finished,
+    GenerationJob,
+    PromptTokens,
+    SamplingParams,
+)
 from omniserve.engines.hf.checkpoint import (
     FAMILY_BASE,
     CheckpointError,
@@ -29,8 +38,17 @@ from omniserve.engines.hf.checkpoint import (
     served_spec,
     voice_map,
 )
-from omniserve.engines.hf.loader import LoadedModel, load
-from omniserve.engines.hf.runner import Cancelled, RequestRun, RunOptions
+from omniserve.engines.hf.loader import LoadedModel, has_native_video, load
+from omniserve.engines.hf.options import (
+    from_generation_config,
+    split_generate_kwargs,
+    talker_sampling,
+    thinker_sampling,
+)
+from omniserve.engines.hf.prompt import ModelInputs, build_inputs
+from omniserve.engines.hf.request import Plan, Request
+from omniserve.engines.hf.scheduler import Scheduler
+from omniserve.engines.hf.warmup import warm_up
 from omniserve.engines.inputs import AudioInput
 from omniserve.errors import (
     ApiError,
@@ -42,6 +60,11 @@ from omniserve.errors import (
 from omniserve.media.policy import MediaPolicy, open_policy
 
 log = logging.getLogger("omniserve.transformers")
+
+# Longest context a slot holds unless max_seq_len says otherwise (memory grows with it).
+DEFAULT_MAX_SEQ_LEN = 32768
+# Positions the talker's slot holds beyond the thinker's (its speech codes).
+TALKER_EXTRA = 16
 
 
 class EngineOutOfMemory(ServiceUnavailable):
@@ -67,31 +90,6 @@ def _key(served: ServedCheckpoint) -> str:
     return f"{served.checkpoint}@{served.revision or ''}"
 
 
-# Events of one stream waiting for the client; past this the model waits for the client.
-BACKLOG = 256
-
-
-class FifoQueue:
-    """One request at a time, the rest in arrival order, at most ``size`` waiting."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.waiting = 0
-        self.lock = asyncio.Lock()  # asyncio's lock wakes waiters in FIFO order
-
-    async def acquire(self) -> None:
-        if self.lock.locked() and self.waiting >= self.size:
-            raise EngineBusy(retry_after=2.0)
-        self.waiting += 1
-        try:
-            await self.lock.acquire()
-        finally:
-            self.waiting -= 1
-
-    def release(self) -> None:
-        self.lock.release()
-
-
 class TransformersEngine:
     name = "transformers"
     speaks = True  # when asked for audio, the model itself speaks
@@ -112,12 +110,18 @@ class TransformersEngine:
             key = _key(served)
             if key not in self.infos:
                 self.checkpoints[key] = served
-                self.infos[key] = inspect_checkpoint(served)
+                info = inspect_checkpoint(served)
+                limit = settings.max_seq_len or DEFAULT_MAX_SEQ_LEN
+                self.infos[key] = replace(info, context=min(info.context, limit))
+        self.stage_kwargs = split_generate_kwargs(settings.generate_kwargs)
         self.served = self._served_names(catalog)
         self.loaded: dict[str, LoadedModel] = {}
-        self.queue = FifoQueue(settings.queue_size)
+        self.schedulers: dict[str, Scheduler] = {}
+        self._active: dict[str, int] = {}  # requests accepted per checkpoint, not yet ended
         self._executor: ThreadPoolExecutor | None = None
+        self._prepare: ThreadPoolExecutor | None = None
         self._policies: dict[str, MediaPolicy] = {}
+        self.console = Console(stderr=True)
 
     def _speaks(self, info: CheckpointInfo) -> bool:
         return info.has_talker and self.settings.audio_output != "off"
@@ -165,22 +169,54 @@ class TransformersEngine:
     # -- lifetime --------------------------------------------------------------------------
 
     def queue_depth(self) -> int:
-        """Requests waiting for the model (the one running is not counted)."""
-        return self.queue.waiting
+        """Requests waiting for a free slot (the running ones are not counted)."""
+        return sum(s.queued for s in self.schedulers.values())
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniserve-model")
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniserve-load")
+            self._prepare = ThreadPoolExecutor(max_workers=2, thread_name_prefix="omniserve-inputs")
         for key, info in self.infos.items():
             if key not in self.loaded:
-                self.loaded[key] = await asyncio.get_running_loop().run_in_executor(
+                self.loaded[key] = await loop.run_in_executor(
                     self._executor, load, info, self.settings
                 )
+            if key not in self.schedulers:
+                scheduler = await loop.run_in_executor(
+                    self._executor, self._scheduler, self.loaded[key]
+                )
+                self.schedulers[key] = scheduler
+                scheduler.start()
+                await warm_up(self, key, console=self.console)
+
+    def _scheduler(self, loaded: LoadedModel) -> Scheduler:
+        import torch
+
+        capacity = loaded.info.context
+        talker_codes = int(self.stage_kwargs["talker"].get("max_new_tokens", 4096))
+        with torch.inference_mode():
+            scheduler = Scheduler(
+                loaded,
+                slots=self.settings.max_batch,
+                capacity=capacity,
+                talker_capacity=capacity + talker_codes + TALKER_EXTRA,
+                vocoder=dict(self.stage_kwargs["token2wav"]),
+            )
+            if self.settings.cuda_graphs and str(loaded.device).startswith("cuda"):
+                began = time.perf_counter()
+                scheduler.capture_graphs(self.console)
+                log.info("CUDA graphs captured in %.1f s", time.perf_counter() - began)
+        return scheduler
 
     async def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for scheduler in self.schedulers.values():
+            await asyncio.get_running_loop().run_in_executor(None, scheduler.stop)
+        self.schedulers.clear()
+        for pool in (self._executor, self._prepare):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._prepare = None
         self.loaded.clear()
 
     # -- media -----------------------------------------------------------------------------
@@ -203,12 +239,17 @@ class TransformersEngine:
 
     # -- generation ------------------------------------------------------------------------
 
-    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+    def _checkpoint(self, job: GenerationJob) -> tuple[ServedName, str]:
         served = self.served[job.model.name]
         key = served.thinker if job.thinking and served.thinker else served.answer or served.thinker
         assert key is not None
+        return served, key
+
+    def plan(self, job: GenerationJob) -> Plan:
+        """How this request will run: sampling per stage, speaker, reasoning, lengths."""
+        served, key = self._checkpoint(job)
         loaded = self.loaded.get(key)
-        if loaded is None or self._executor is None:
+        if loaded is None:
             raise ServiceUnavailable("The model is still loading; retry in a moment.")
         speaker = None
         if job.voice is not None:
@@ -230,58 +271,90 @@ class TransformersEngine:
         )
         # The answer's own max_tokens comes after the reasoning and its closing tag.
         max_new = (job.max_tokens or limits.max_output) + (budget + 1 if budget else 0)
-        options = RunOptions(
-            speaker=speaker,
-            reasoning_visible=job.thinking,
-            thinks=thinks,
+        model = loaded.model
+        thinker = thinker_sampling(
+            job,
+            from_generation_config(model.thinker.generation_config),
+            eos=self._text_eos(loaded),
             max_new_tokens=max_new,
+            overrides=self.stage_kwargs["thinker"],
+        )
+        talker = None
+        if speaker is not None:
+            talker = talker_sampling(
+                loaded.info.family,
+                eos=self._speech_eos(loaded),
+                banned=self._speech_banned(loaded),
+                seed=job.sampling.seed,
+                overrides=self.stage_kwargs["talker"],
+            )
+        return Plan(
+            thinker=thinker,
+            talker=talker,
+            speaker=speaker,
+            thinks=thinks,
+            reasoning_visible=job.thinking,
             reasoning_budget=budget,
             max_answer_tokens=job.max_tokens if thinks else None,
             chunk_bytes=self.chunk_bytes,
-            generate_kwargs=dict(self.settings.generate_kwargs),
         )
-        await self.queue.acquire()
+
+    @staticmethod
+    def _text_eos(loaded: LoadedModel) -> frozenset[int]:
+        tokenizer = loaded.processor.tokenizer
+        ids = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        known = frozenset(i for i in ids if isinstance(i, int) and i >= 0)
+        if loaded.info.family == "qwen3-omni":
+            return known
+        # Qwen2.5: what its thinker's generation config ends on, as generate() does.
+        configured = from_generation_config(loaded.model.thinker.generation_config).eos
+        return configured or known
+
+    @staticmethod
+    def _speech_eos(loaded: LoadedModel) -> frozenset[int]:
+        config = loaded.model.config.talker_config
+        if loaded.info.family == "qwen3-omni":
+            return frozenset({int(config.codec_eos_token_id)})
+        vocab = int(config.vocab_size)
+        defaults = [i for i in (8292, 8294) if i < vocab]
+        return frozenset(defaults or [int(config.tts_codec_end_token_id)])
+
+    @staticmethod
+    def _speech_banned(loaded: LoadedModel) -> frozenset[int]:
+        talker = loaded.model.talker
+        if loaded.info.family == "qwen3-omni":
+            vocab = int(loaded.model.config.talker_config.text_config.vocab_size)
+            eos = int(loaded.model.config.talker_config.codec_eos_token_id)
+            return frozenset(i for i in range(vocab - 1024, vocab) if i != eos)
+        return frozenset({int(talker.codec_bos_token)})
+
+    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+        _, key = self._checkpoint(job)
+        scheduler = self.schedulers.get(key)
+        if scheduler is None or self._prepare is None:
+            raise ServiceUnavailable("The model is still loading; retry in a moment.")
+        plan = self.plan(job)
+        if self._active.get(key, 0) >= self.settings.max_batch + self.settings.queue_size:
+            raise EngineBusy(retry_after=2.0)
+        self._active[key] = self._active.get(key, 0) + 1
+        request: Request | None = None
         try:
-            async for event in self._run(loaded, job, options):
-                yield event
-        finally:
-            self.queue.release()
-
-    async def _run(
-        self, loaded: LoadedModel, job: GenerationJob, options: RunOptions
-    ) -> AsyncIterator[EngineEvent]:
-        loop = asyncio.get_running_loop()
-        # Bounded: a client that reads slowly makes the model wait rather than this process
-        # buffer its whole answer (at most BACKLOG events per stream).
-        events: asyncio.Queue[EngineEvent | BaseException | None] = asyncio.Queue(BACKLOG)
-        cancel = threading.Event()
-
-        def emit(item: EngineEvent | BaseException | None) -> None:
-            put = asyncio.run_coroutine_threadsafe(events.put(item), loop)
+            loop = asyncio.get_running_loop()
+            loaded = self.loaded[key]
+            inputs = await loop.run_in_executor(self._prepare, self._inputs, loaded, job, plan)
+            capacity = scheduler.thinker.capacity
+            length = int(inputs.tensors["input_ids"].shape[1])
+            if length >= capacity - 1:
+                raise InvalidParameter(
+                    f"The input is {length} tokens as the model reads it; this server holds "
+                    f"at most {capacity - 2} per request (max_seq_len).",
+                    param="messages",
+                )
+            request = Request(job, plan, inputs, loop)
+            scheduler.submit(request)
             while True:
-                try:
-                    put.result(timeout=0.1)
-                    return
-                except concurrent.futures.TimeoutError:
-                    if cancel.is_set():  # the request is gone: nobody will read this
-                        put.cancel()
-                        return
-
-        def work() -> None:
-            try:
-                RequestRun(loaded, job, options, emit, cancel).run()
-            except Cancelled:
-                pass
-            except BaseException as exc:  # reported to the request, never to the process
-                emit(exc)
-            finally:
-                emit(None)
-
-        assert self._executor is not None
-        future = loop.run_in_executor(self._executor, work)
-        try:
-            while True:
-                item = await events.get()
+                item = await request.events.get()
+                request.consumed()
                 if item is None:
                     break
                 if isinstance(item, BaseException):
@@ -290,10 +363,37 @@ class TransformersEngine:
                 if isinstance(item, Finished):
                     break
         finally:
-            cancel.set()
-            # Keep the model to this request until generate() has really returned.
-            with anyio.CancelScope(shield=True):
-                await future
+            self._active[key] -= 1
+            if request is not None:
+                request.cancel.set()
+                scheduler.poke()
+
+    def _inputs(self, loaded: LoadedModel, job: GenerationJob, plan: Plan) -> ModelInputs:
+        return build_inputs(
+            job,
+            loaded.processor,
+            loaded.info.family,
+            speaks=plan.speaks,
+            native_video=has_native_video(loaded.processor),
+        )
+
+    def warmup_job(self, key: str) -> GenerationJob:
+        """A short request that runs every stage of one checkpoint once."""
+        name = next(n for n, s in self.served.items() if key in (s.answer, s.thinker))
+        served = self.served[name]
+        spec = served.spec
+        voice = spec.voices[0] if spec.voices and key == served.answer else None
+        return GenerationJob(
+            request_id="warm-up",
+            model_name=name,
+            model=spec,
+            messages=(ChatMessage(role="user", text="Hello."),),
+            prompt_tokens=PromptTokens(),
+            voice=voice,
+            thinking=key == served.thinker and key != served.answer,
+            max_tokens=8,
+            sampling=SamplingParams(seed=0),
+        )
 
 
 def _last_user_has_audio(job: GenerationJob) -> bool:

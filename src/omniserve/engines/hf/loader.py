@@ -254,6 +254,8 @@ def _prepare_talker(model: Any, info: CheckpointInfo, directory: Path) -> None:
         if not speakers.is_file():
             raise CheckpointError(f"{info.source!r} has a talker but no spk_dict.pt")
         model.load_speakers(str(speakers))
+        # token2wav runs in float32 (generate() converts it the same way).
+        model.token2wav.float()
     else:
         # The talker's get_rope_index reads talker.config.audio_config, which its config lacks;
         # without it, audio input with audio output fails.

@@ -1,26 +1,72 @@
 """Speech codes -> 24 kHz audio while the talker is still producing them.
 
 Neither model streams its vocoder in transformers; ``generate`` returns one whole clip. These
-decoders turn codes into audio chunk by chunk with the left context each vocoder needs, so the first
-audio leaves after a few codes instead of after the whole utterance.
+voices turn codes into audio chunk by chunk (through ``render.py``) with the context each vocoder
+needs, so the first audio leaves after a few codes instead of after the whole utterance.
+
+Chunks start small (the first audio fast) and grow (each chunk re-renders its context, so larger
+chunks waste less), but never faster than the audio already sent lasts: a chunk is only as large
+as the listener's lead allows, so a talker running near real time still never leaves a gap.
 
 - Qwen3-Omni's code2wav is causal: a chunk decoded with enough left context equals the same span
-  of the whole-clip decode (the model's own ``chunked_decode`` relies on this).
+  of the whole-clip decode, so the chunks join into exactly the whole clip.
 - Qwen2.5-Omni's token2wav is a diffusion model over windows of codes: each chunk is decoded with
-  look-back and look-ahead codes, and consecutive chunks are cross-faded over a short overlap,
-  as the model's sliding-window design intends. Chunks grow (24, 48, 96 codes) once the first
-  audio is out, since every window re-renders its context.
+  look-back and look-ahead codes from one noise sequence for the whole utterance, and consecutive
+  chunks are cross-faded over a short overlap, as the model's sliding-window design intends.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from omniserve.engines.hf.render import CodecRenderer, DitRenderer
+
+SAMPLE_RATE = 24_000
+
+
+class ChunkPlan:
+    """How many new codes the next chunk holds: the next of ``sizes``, but no more than the
+    audio already sent covers while they are made (``rate`` codes per second of audio)."""
+
+    def __init__(
+        self,
+        sizes: tuple[int, ...],
+        rate: float,
+        *,
+        ahead: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sizes, self.rate, self.ahead, self.clock = sizes, rate, ahead, clock
+        self.index = 0
+        self.started: float | None = None  # when the first audio left
+        self.sent_seconds = 0.0
+
+    def due(self) -> int:
+        want = self.sizes[min(self.index, len(self.sizes) - 1)]
+        if self.started is None:
+            return want
+        lead = self.sent_seconds - (self.clock() - self.started)
+        # The codes of a chunk (and its look-ahead) must be made before the lead runs out,
+        # with the talker at no more than real time.
+        affordable = int(lead * self.rate * 0.8) - self.ahead
+        fitting = [s for s in self.sizes if s <= max(affordable, self.sizes[0])]
+        return min(want, max(fitting))
+
+    def sent(self, samples: int) -> None:
+        if samples <= 0:
+            return
+        if self.started is None:
+            self.started = self.clock()
+        self.sent_seconds += samples / SAMPLE_RATE
+        self.index += 1
+
 
 class Qwen3Voice:
-    """Group codes of each talker step -> audio, through code2wav with left context.
+    """Frames of codes -> audio, through code2wav with left context.
 
     code2wav's causal transposed convolutions leave the last samples of a decode unfinished (they
     need the next codes), so each decode sends only what it completed; the next decode, which
@@ -28,44 +74,48 @@ class Qwen3Voice:
     """
 
     def __init__(
-        self, code2wav: Any, *, first_chunk: int = 4, chunk: int = 12, left_context: int = 25
+        self,
+        renderer: CodecRenderer,
+        *,
+        sizes: tuple[int, ...] = (4, 8, 16, 32, 64, 96),
+        left_context: int = 25,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.code2wav = code2wav
-        self.first_chunk, self.chunk, self.left_context = first_chunk, chunk, left_context
-        self.upsample = int(code2wav.total_upsample)
-        self.steps: list[Any] = []  # [1, groups] tensors
+        self.renderer = renderer
+        self.left_context = left_context
+        self.upsample = renderer.upsample
+        self.plan = ChunkPlan(sizes, SAMPLE_RATE / self.upsample, clock=clock)
+        self.frames: list[Any] = []  # [groups] tensors
         self.decoded = 0  # codes covered by the last decode
         self.sent = 0  # samples sent
 
     @property
     def codes(self) -> int:
-        return len(self.steps)
+        return len(self.frames)
 
-    def add(self, step_codes: Any) -> np.ndarray | None:
-        self.steps.append(step_codes.reshape(1, -1))
-        due = self.first_chunk if self.decoded == 0 else self.chunk
-        if len(self.steps) - self.decoded >= due:
+    def add(self, frame: Any) -> np.ndarray | None:
+        self.frames.append(frame.reshape(-1))
+        if len(self.frames) - self.decoded >= self.plan.due():
             return self._decode()
         return None
 
     def finish(self) -> np.ndarray | None:
-        if len(self.steps) > self.decoded:
+        if len(self.frames) > self.decoded:
             return self._decode()
         return None
 
     def _decode(self) -> np.ndarray:
         import torch
 
-        end = len(self.steps)
+        end = len(self.frames)
         start = max(0, min(self.sent // self.upsample, self.decoded) - self.left_context)
-        codes = torch.cat(self.steps[start:end], dim=0).T.unsqueeze(0)  # [1, groups, n]
-        codes = codes.to(next(self.code2wav.parameters()).device)
-        with torch.inference_mode():
-            wav = self.code2wav(codes).reshape(-1)
+        codes = torch.stack(self.frames[start:end], dim=1)  # [groups, n]
+        wav = self.renderer.render(codes)
         first = start * self.upsample
-        out: np.ndarray = wav[self.sent - first :].float().cpu().numpy()
+        out: np.ndarray = wav[self.sent - first :]
         self.decoded = end
-        self.sent = first + int(wav.shape[0])
+        self.sent = first + len(wav)
+        self.plan.sent(len(out))
         return out
 
 
@@ -74,23 +124,29 @@ class Qwen25Voice:
 
     def __init__(
         self,
-        token2wav: Any,
+        renderer: DitRenderer,
         speaker: dict[str, Any],
         *,
-        first_chunk: int = 24,
-        chunk: int = 48,
-        max_chunk: int = 96,
+        sizes: tuple[int, ...] = (24, 48, 96, 192),
         look_back: int = 24,
         look_ahead: int = 12,
         overlap: int = 4,
-        steps: int | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.token2wav = token2wav
+        import torch
+
+        self.renderer = renderer
         self.speaker = speaker
-        self.first_chunk, self.chunk, self.max_chunk = first_chunk, chunk, max_chunk
-        self.chunks = 0
         self.look_back, self.look_ahead, self.overlap = look_back, look_ahead, overlap
-        self.steps = steps
+        codes_per_second = SAMPLE_RATE / renderer.samples_per_code
+        self.plan = ChunkPlan(sizes, codes_per_second, ahead=look_ahead, clock=clock)
+        self.generator = torch.Generator(device=renderer.device)
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        self.noise: Any = None  # [frames, mel] for the utterance so far
         self.ids: list[int] = []
         self.done = 0  # codes whose audio has left (apart from the held tail)
         self.tail: np.ndarray | None = None  # audio of the last ``overlap`` codes, not yet sent
@@ -101,46 +157,41 @@ class Qwen25Voice:
 
     def add(self, code: int) -> np.ndarray | None:
         self.ids.append(int(code))
-        if len(self.ids) - self.done >= self.due + self.look_ahead:
-            end = self.done + self.due
-            self.chunks += 1
-            return self._decode(end, final=False)
+        due = self.plan.due()
+        if len(self.ids) - self.done >= due + self.look_ahead:
+            return self._decode(self.done + due, final=False)
         return None
-
-    @property
-    def due(self) -> int:
-        """Codes in the next chunk: small first, then doubling (each window re-renders its
-        look-back and look-ahead, so longer chunks waste less once playback has a lead)."""
-        if self.chunks == 0:
-            return self.first_chunk
-        return min(self.chunk * (1 << (self.chunks - 1)), self.max_chunk)
 
     def finish(self) -> np.ndarray | None:
         if len(self.ids) > self.done or self.tail is not None:
             return self._decode(len(self.ids), final=True)
         return None
 
-    def _decode(self, end: int, *, final: bool) -> np.ndarray:
+    def _noise(self, start: int, codes: int) -> Any:
+        """The utterance's noise for a window of ``codes`` codes from ``start``."""
         import torch
 
+        frames = self.renderer.frames
+        need = frames(start + self.renderer.size(codes))
+        have = 0 if self.noise is None else int(self.noise.shape[0])
+        if need > have:
+            more = torch.randn(
+                max(need - have, frames(96)),
+                self.renderer.mel_dim,
+                generator=self.generator,
+                device=self.renderer.device,
+            )
+            self.noise = more if self.noise is None else torch.cat([self.noise, more])
+        return self.noise[frames(start) :]
+
+    def _decode(self, end: int, *, final: bool) -> np.ndarray:
         if end <= self.done:  # nothing new: only the held tail is left
             out, self.tail = self.tail, None
             return out if out is not None else np.zeros(0, np.float32)
         start = max(0, self.done - self.look_back)
         stop = len(self.ids) if final else min(len(self.ids), end + self.look_ahead)
-        device = self.speaker["cond"].device
-        codes = torch.tensor([self.ids[start:stop]], dtype=torch.long, device=device)
-        kwargs: dict[str, Any] = {}
-        if self.steps is not None:
-            kwargs["num_steps"] = self.steps
-        with torch.inference_mode():
-            rendered = self.token2wav(
-                codes,
-                conditioning=self.speaker["cond"].float(),
-                reference_mel=self.speaker["ref_mel"].float(),
-                **kwargs,
-            )
-        wav: np.ndarray = np.asarray(rendered.reshape(-1).float().cpu().numpy(), dtype=np.float32)
+        window = self.ids[start:stop]
+        wav = self.renderer.render(window, self._noise(start, len(window)), self.speaker)
         per_code = wav.shape[0] / (stop - start)
         lo = round((self.done - start) * per_code)
         hi = round((end - start) * per_code)
@@ -158,8 +209,10 @@ class Qwen25Voice:
         self.done = end
         if final:
             self.tail = None
+            self.plan.sent(len(piece))
             return piece
         hold = round(self.overlap * per_code)
         self.tail = piece[len(piece) - hold :] if hold else None
         sent: np.ndarray = piece[: len(piece) - hold] if hold else piece
+        self.plan.sent(len(sent))
         return sent

@@ -1,0 +1,69 @@
+"""One short request through every stage of a checkpoint before the server opens its port.
+
+The first pass through a model pays for kernel selection, library handles and allocator growth;
+a user should not. The warm-up request runs the prompt, text steps, the talker (and code
+predictor), and the vocoder once, with its lengths pinned, and prints how long it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from omniserve.engines.base import AudioDelta, Finished
+from omniserve.engines.hf.request import Request
+
+if TYPE_CHECKING:
+    from omniserve.engines.hf.engine import TransformersEngine
+
+# Speech codes that reach the vocoder's first chunk (Qwen2.5: 24 + 12 look-ahead at 50 Hz;
+# Qwen3: 4 frames at 12.5 Hz), and a few text tokens.
+WARMUP_CODES = {"qwen2.5-omni": 40, "qwen3-omni": 8}
+WARMUP_TOKENS = 4
+WARMUP_TIMEOUT_S = 600.0
+
+
+async def warm_up(engine: TransformersEngine, key: str, *, console: Any) -> float:
+    """Run the warm-up request for checkpoint ``key``; its duration in seconds."""
+    loaded = engine.loaded[key]
+    scheduler = engine.schedulers[key]
+    job = engine.warmup_job(key)
+    plan = engine.plan(job)
+    plan = replace(
+        plan,
+        thinker=replace(
+            plan.thinker, do_sample=False, min_new_tokens=WARMUP_TOKENS,
+            max_new_tokens=WARMUP_TOKENS,
+        ),
+    )  # fmt: skip
+    if plan.talker is not None:
+        codes = WARMUP_CODES[loaded.info.family]
+        talker = replace(plan.talker, min_new_tokens=codes, max_new_tokens=codes + 1)
+        plan = replace(plan, talker=talker)
+    loop = asyncio.get_running_loop()
+    began = time.perf_counter()
+    inputs = await loop.run_in_executor(None, engine._inputs, loaded, job, plan)
+    request = Request(job, plan, inputs, loop)
+    scheduler.submit(request)
+    audio = 0
+    try:
+        async with asyncio.timeout(WARMUP_TIMEOUT_S):
+            while True:
+                item = await request.events.get()
+                request.consumed()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, AudioDelta):
+                    audio += len(item.pcm)
+                if item is None or isinstance(item, Finished):
+                    break
+    finally:
+        request.cancel.set()
+        scheduler.poke()
+    await loop.run_in_executor(None, scheduler.wait_idle, 30.0)
+    took = time.perf_counter() - began
+    spoke = f", {audio / 48000:.2f} s of speech" if plan.talker is not None else ""
+    console.print(f"warmed up {loaded.info.source}: every stage ran once in {took:.1f} s{spoke}")
+    return took
