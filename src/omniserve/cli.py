@@ -33,7 +33,9 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     if emulator:
         given["emulator"] = emulator
     hf: dict[str, Any] = {
-        k: given.pop(k) for k in ("device", "dtype", "device_map", "audio_output") if k in given
+        k: given.pop(k)
+        for k in ("device", "dtype", "device_map", "audio_output", "load_format", "max_batch")
+        if k in given
     }
     if "flash_attn" in given and given.pop("flash_attn"):
         hf["attn_implementation"] = "flash_attention_2"
@@ -85,6 +87,14 @@ def serve(
     audio_output: Annotated[
         str | None,
         typer.Option(help="transformers: auto \\[default]; off never loads the talker."),
+    ] = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(help="transformers: requests decoded together \\[default: 8]."),
+    ] = None,
+    load_format: Annotated[
+        str | None,
+        typer.Option(help="transformers: auto \\[default]; dummy: random weights (benchmarks)."),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="critical|error|warning|info|debug.")
@@ -145,6 +155,8 @@ def serve(
         device_map=device_map,
         flash_attn=flash_attn,
         audio_output=audio_output,
+        max_batch=max_batch,
+        load_format=load_format,
         log_level=log_level,
         log_format=log_format,
         drain_timeout_s=drain_timeout,

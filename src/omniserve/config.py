@@ -110,6 +110,10 @@ class TransformersSettings(BaseModel):
     device_map: str | None = None
     # "flash_attention_2", "sdpa" or "eager"; transformers picks when unset.
     attn_implementation: str | None = None
+    # "dummy": random weights of the checkpoint's architecture instead of its weight files (load
+    # tests and benchmarks; replies are noise). The directory still needs its config, tokenizer,
+    # processor files and (Qwen2.5) spk_dict.pt.
+    load_format: Literal["auto", "dummy"] = "auto"
     # "auto": speak when the weights have a talker; false: never load the talker (saves memory).
     audio_output: Literal["auto", "on", "off"] = "auto"
     # Requests decoded together in one batch (each holds a slot of the key/value cache).

@@ -111,3 +111,23 @@ def test_resolve_device_and_dtype() -> None:
     assert resolve_dtype("auto", "cpu") == "float32"
     assert resolve_dtype("auto", "cuda") == "bfloat16"
     assert resolve_dtype("float16", "cpu") == "float16"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dummy_weights_need_no_weight_files(tiny: Any, family: str, tmp_path: Path) -> None:
+    """load_format = "dummy": the architecture with random weights, for load tests."""
+    directory = tmp_path / family
+    shutil.copytree(tiny[family], directory)
+    for weights in directory.glob("*.safetensors"):
+        weights.unlink()
+    settings = TransformersSettings(device="cpu", load_format="dummy")
+    info = inspect_checkpoint(ServedCheckpoint(checkpoint=str(directory)))
+    loaded = load(info, settings, console=Console(file=io.StringIO()))
+    assert loaded.speaks
+    for name, param in loaded.model.named_parameters():
+        assert torch.isfinite(param).all(), name
+        if param.dim() >= 2:
+            assert param.abs().max() > 0, name  # nothing left at zero (routers included)
+    again = load(info, settings, console=Console(file=io.StringIO()))
+    first = next(iter(loaded.model.parameters()))
+    assert torch.equal(first, next(iter(again.model.parameters())))  # seeded

@@ -102,7 +102,10 @@ def check_memory(
     directory: Path, stored_dtype: str, dtype: str, device: str, headroom: float
 ) -> None:
     needed = weight_bytes(directory) * _DTYPE_BYTES[dtype] / _DTYPE_BYTES.get(stored_dtype, 2)
-    needed *= headroom
+    _check_free(needed * headroom, dtype, device)
+
+
+def _check_free(needed: float, dtype: str, device: str) -> None:
     free = free_memory(device)
     if free is not None and needed > free:
         raise CheckpointError(
@@ -196,15 +199,24 @@ def load(
         step = progress.add_task(f"{info.source}: locating weights", total=4)
         directory = local_directory(info)
         config = transformers.AutoConfig.from_pretrained(directory)
-        stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "bfloat16"))
-        check_memory(
-            directory, stored.replace("torch.", ""), dtype, device, settings.memory_headroom
-        )
+        dummy = settings.load_format == "dummy"
+        if dummy:
+            size = dummy_bytes(info.family, config, dtype)
+            _check_free(size * settings.memory_headroom, dtype, device)
+            what = f"random weights ({size / 2**30:.2f} GiB)"
+        else:
+            stored = str(
+                getattr(config, "dtype", None) or getattr(config, "torch_dtype", "bfloat16")
+            )
+            check_memory(
+                directory, stored.replace("torch.", ""), dtype, device, settings.memory_headroom
+            )
+            what = f"{weight_bytes(directory) / 2**30:.2f} GiB of weights"
         progress.update(
             step,
             advance=1,
-            description=f"{info.source}: loading {weight_bytes(directory) / 2**30:.2f} GiB "
-            f"of weights as {dtype} on {settings.device_map or device}",
+            description=f"{info.source}: loading {what} as {dtype} on "
+            f"{settings.device_map or device}",
         )
         if not speaks:
             config.enable_audio_output = False
@@ -216,8 +228,11 @@ def load(
             kwargs["device_map"] = device_map
         cls = _model_class(info.family)
         try:
-            # Qwen2.5's own from_pretrained always reads spk_dict.pt; speakers are loaded below.
-            model = super(cls, cls).from_pretrained(directory, **kwargs)
+            if dummy:
+                model = random_model(info.family, config, getattr(torch, dtype), device)
+            else:
+                # Qwen2.5's from_pretrained always reads spk_dict.pt; speakers are loaded below.
+                model = super(cls, cls).from_pretrained(directory, **kwargs)
         except torch.OutOfMemoryError as exc:
             raise CheckpointError(
                 f"out of memory loading {info.source!r} on {device}: {exc}"
@@ -246,6 +261,31 @@ def load(
     return LoadedModel(
         info=info, model=model, processor=processor, device=input_device, speaks=speaks
     )
+
+
+def dummy_bytes(family: str, config: Any, dtype: str) -> int:
+    """Bytes of the model's parameters in ``dtype``, counted without allocating them."""
+    import torch
+
+    with torch.device("meta"):
+        model = _model_class(family)._from_config(config)
+    return int(sum(p.numel() for p in model.parameters())) * _DTYPE_BYTES[dtype]
+
+
+def random_model(family: str, config: Any, dtype: Any, device: str) -> Any:
+    """The architecture with random weights, built where it will run (``load_format = "dummy"``,
+    for load tests and benchmarks without the weights). Every matrix is drawn from N(0, 0.02)
+    with a fixed seed, so no parameter is left uninitialized or all zero (routers included)."""
+    import torch
+
+    with torch.device(device):
+        model = _model_class(family)._from_config(config, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.02, generator=generator)
+    return model
 
 
 def _prepare_talker(model: Any, info: CheckpointInfo, directory: Path) -> None:
