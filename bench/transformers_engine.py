@@ -1,36 +1,33 @@
-"""Transformers engine: streamed text and speech against one whole-utterance ``generate()``.
+"""Transformers engine: streamed speech from the batched decode loop against plain generate().
 
-The transformers engine (``omniserve.engines.hf``) calls ``model.generate`` once per request
-with streamers: text leaves as the thinker produces tokens, speech leaves in chunks as the talker
-produces codes (each chunk vocoded with left context). The point of that machinery is latency:
-a caller of plain ``model.generate()`` gets nothing until the whole utterance, waveform included,
-is done. This script measures what streaming buys and what it costs, in one run:
+What a user of the transformers engine hears, measured over the real HTTP API on 127.0.0.1
+(``live_server``, text in, ``modalities: ["text", "audio"]``, read with httpx as the SSE lines
+arrive), against the same loaded model called the Hugging Face way, ``model.generate()``, with the
+same inputs, seeds and pinned lengths, in the same run:
 
-- **streaming**: requests through the real HTTP API on 127.0.0.1 (``live_server``), text in,
-  ``modalities: ["text", "audio"]``, read with httpx as the SSE lines arrive;
-- **generate**: the same loaded model (the engine's own ``LoadedModel``, so a real checkpoint
-  is in memory once), the same inputs (``prompt.build_inputs`` on the same job), the same seed and
-  the same fixed lengths, ``model.generate(...)`` called directly, returning text ids and one
-  waveform.
+- **streaming** at each concurrency (default 1 and 8): TTFT, TTFA, text tokens/s, speech rate
+  (seconds of audio per second once the first audio arrived; above 1 keeps ahead of playback),
+  playback stall (how long a player that starts at the first chunk would wait), and the most
+  requests the scheduler decoded in one step;
+- **generate**: ``generate()`` once per request, one after the other (one model);
+- **first request** after the server started (warm-up and graph capture happen before the port
+  opens), against the warm median;
+- **vocoder**: compute time to vocode one utterance's codes as the engine streams them (chunks
+  with their context, a talker at 3x real time) against one whole-clip decode of the same codes
+  by the model's own vocoder;
+- **memory**: peak GPU memory with the model, graphs and caches loaded, the key/value cache one
+  more concurrent request takes, and the peak during each level.
 
-Lengths are pinned with ``*_min_new_tokens`` = ``*_max_new_tokens`` (random weights would stop
-at random). At concurrency C, C requests arrive together; the engine serves them one at a time
-in arrival order, and the baseline calls ``generate()`` C times in a row (one model), each
-request's latencies counted from the common start.
+Lengths are pinned (``*_min_new_tokens`` = max), since random weights stop at random. Goals of the
+engine on one H200 are printed next to the figures they apply to.
 
-Definitions: TTFT = start → first non-empty ``delta.content``; TTFA = start → first
-``delta.audio.data`` (for ``generate()`` both are the time its call returns); tokens/s = text
-tokens ÷ the time from the first to the last text delta (streaming) or ÷ the call's own
-duration (``generate()``, which hands them over all at once); audio RTF = wall time of the level
-(start → last request done) ÷ seconds of audio produced by all its requests (below 1: faster than
-real time).
+    python bench/transformers_engine.py                     # tiny random checkpoints, built here
+    python bench/transformers_engine.py --family qwen3-omni --concurrency 1,4
+    python bench/transformers_engine.py --checkpoint /models/Qwen2.5-Omni-7B     # real weights
+    python bench/transformers_engine.py --checkpoint DIR --dummy-weights   # random weights
+    python bench/transformers_engine.py --json out.json     # every figure, machine-readable
 
-    python bench/transformers_engine.py                    # tiny random checkpoints, built here
-    python bench/transformers_engine.py --family qwen3-omni --concurrency 1
-    python bench/transformers_engine.py --threads 2     # torch on every core (default: all but one)
-    python bench/transformers_engine.py --checkpoint /models/Qwen2.5-Omni-7B   # real figures
-
-Tiny random checkpoints show the pipeline's overhead and chunking, not a real model's speed.
+Tiny random checkpoints show the pipeline's overhead and scheduling, not a real model's speed.
 """
 
 from __future__ import annotations
@@ -42,9 +39,10 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +66,28 @@ from omniserve.engines.hf.prompt import build_inputs  # noqa: E402
 from tiny_omni import QWEN3, QWEN25, QWEN25_TALKER_EOS, build_tiny  # noqa: E402
 
 SERVED_NAME = {QWEN25: "qwen2.5-omni-7b", QWEN3: "qwen3-omni-flash"}
-DEFAULT_CODES = {QWEN25: 200, QWEN3: 60}  # about 4 s of speech: 50 and 12.5 codes/s
+DEFAULT_CODES = {QWEN25: 200, QWEN3: 50}  # about 4 s of speech: 50 and 12.5 codes/s
+CODE_RATE = {QWEN25: 50.0, QWEN3: 12.5}
 SAMPLE_RATE = 24_000
-PROMPT = "Who are you? Tell me a little about yourself."
+PROMPT = (
+    "I am planning a three-day trip to Hangzhou in early spring with my parents. Which places "
+    "around West Lake would you suggest, and what local dishes should we try?"
+)
 SEED = 7
+# What the engine is built to reach on one H200 (the goals it is measured against).
+GOALS = {
+    "ttfa_c1_ms": 300.0,
+    "ttfa_c8_ms": 1000.0,
+    "speech_rate_c1": 3.0,
+    "speech_rate_c8": 1.0,
+    "text_tokens_per_s_c1": 100.0,
+    "vocoder_ratio": 1.3,
+}
 
 
 @dataclass
 class Sample:
-    """One request's latencies (seconds from the level's common start) and output."""
+    """One request's latencies (seconds from its level's common start) and output."""
 
     ttft: float
     ttfa: float
@@ -84,17 +95,22 @@ class Sample:
     text_tokens: int
     tokens_per_second: float
     audio_seconds: float
+    speech_rate: float = float("nan")  # audio seconds per second after the first audio
+    stall: float = 0.0  # playback waiting, with playback starting at the first chunk
 
 
 @dataclass
 class Level:
     path: str  # "streaming" | "generate"
     concurrency: int
-    samples: list[Sample]
-    wall: float  # start -> last request done, summed over repeats
+    samples: list[Sample] = field(default_factory=list)
+    wall: float = 0.0  # start -> last request done, summed over repeats
+    batched: int = 0  # most requests decoded in one step (streaming)
+    peak_gib: float | None = None  # GPU memory at the level's peak
 
 
 def percentile(values: list[float], p: float) -> float:
+    values = [v for v in values if v == v]
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -122,9 +138,10 @@ def request_body(name: str, voice: str, text_tokens: int, seed: int) -> dict[str
 async def one_stream(
     client: httpx.AsyncClient, url: str, body: dict[str, Any], start: float
 ) -> Sample:
-    first_text = last_text = first_audio = None
-    pcm_bytes = 0
-    text_tokens = 0
+    first_text = last_text = first_audio = last_audio = None
+    played_until = 0.0
+    stall = 0.0
+    pcm_bytes = text_tokens = 0
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             await response.aread()
@@ -151,20 +168,32 @@ async def one_stream(
                 last_text = now
             audio = delta.get("audio") or {}
             if audio.get("data"):
-                first_audio = now if first_audio is None else first_audio
-                pcm_bytes += len(base64.b64decode(audio["data"]))
+                n = len(base64.b64decode(audio["data"]))
+                if first_audio is None:
+                    first_audio = played_until = now
+                elif now > played_until:
+                    stall += now - played_until
+                    played_until = now
+                played_until += n / 2 / SAMPLE_RATE
+                last_audio = now
+                pcm_bytes += n
     done = time.perf_counter() - start
-    if first_text is None or last_text is None or first_audio is None:
+    if first_text is None or last_text is None or first_audio is None or last_audio is None:
         raise SystemExit("a stream ended without text or without audio")
     span = last_text - first_text
-    rate = (text_tokens - 1) / span if text_tokens > 1 and span > 0 else float("nan")
+    audio_seconds = pcm_bytes / 2 / SAMPLE_RATE
+    speaking = last_audio - first_audio
     return Sample(
         ttft=first_text,
         ttfa=first_audio,
         done=done,
         text_tokens=text_tokens,
-        tokens_per_second=rate,
-        audio_seconds=pcm_bytes / 2 / SAMPLE_RATE,
+        tokens_per_second=(text_tokens - 1) / span
+        if text_tokens > 1 and span > 0
+        else float("nan"),
+        audio_seconds=audio_seconds,
+        speech_rate=audio_seconds / speaking if speaking > 0 else float("nan"),
+        stall=stall,
     )
 
 
@@ -181,6 +210,28 @@ async def streaming_level(
     return list(samples), wall
 
 
+class BatchWatch:
+    """The most requests the scheduler holds at once while a level runs."""
+
+    def __init__(self, engine: TransformersEngine) -> None:
+        self.schedulers = list(engine.schedulers.values())
+        self.most = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.002):
+            self.most = max(self.most, *(s.running for s in self.schedulers))
+
+    def __enter__(self) -> BatchWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 # -- baseline: model.generate() ----------------------------------------------------------------
 
 
@@ -188,13 +239,9 @@ class Baseline:
     """Plain ``model.generate()`` on the engine's loaded model, inputs as the engine builds them."""
 
     def __init__(
-        self,
-        engine: TransformersEngine,
-        name: str,
-        voice: str,
-        text_tokens: int,
+        self, engine: TransformersEngine, name: str, voice: str, text_tokens: int,
         generate_kwargs: dict[str, Any],
-    ) -> None:
+    ) -> None:  # fmt: skip
         served = engine.served[name]
         key = served.answer
         assert key is not None, "the served name needs a checkpoint without thinking"
@@ -206,7 +253,7 @@ class Baseline:
         self.generate_kwargs = generate_kwargs
 
     def inputs(self, seed: int) -> dict[str, Any]:
-        """The tensors and arguments the engine would pass, without its streamers."""
+        """The tensors and arguments the engine's prompt has, as generate() takes them."""
         loaded = self.loaded
         job = GenerationJob(
             request_id="bench",
@@ -219,19 +266,14 @@ class Baseline:
             sampling=SamplingParams(seed=seed),
         )
         built = build_inputs(
-            job,
-            loaded.processor,
-            loaded.info.family,
-            speaks=True,
+            job, loaded.processor, loaded.info.family, speaks=True,
             native_video=has_native_video(loaded.processor),
-        )
+        )  # fmt: skip
         kwargs: dict[str, Any] = {
             k: (v.to(loaded.device) if hasattr(v, "to") else v) for k, v in built.tensors.items()
         }
         kwargs.update(
-            use_audio_in_video=False,
-            speaker=self.speaker,
-            thinker_max_new_tokens=self.text_tokens,
+            use_audio_in_video=False, speaker=self.speaker, thinker_max_new_tokens=self.text_tokens
         )
         if loaded.info.family == QWEN3:
             tokenizer = loaded.processor.tokenizer
@@ -254,13 +296,10 @@ class Baseline:
         now = time.perf_counter()
         text_tokens = int(sequences.shape[1]) - prompt_length
         return Sample(
-            ttft=now - start,
-            ttfa=now - start,
-            done=now - start,
-            text_tokens=text_tokens,
+            ttft=now - start, ttfa=now - start, done=now - start, text_tokens=text_tokens,
             tokens_per_second=text_tokens / (now - began),
             audio_seconds=int(waveform.numel()) / SAMPLE_RATE,
-        )
+        )  # fmt: skip
 
     def level(self, seeds: list[int]) -> tuple[list[Sample], float]:
         start = time.perf_counter()
@@ -268,117 +307,299 @@ class Baseline:
         return samples, time.perf_counter() - start
 
 
+# -- vocoder: streamed chunks against one whole-clip decode ------------------------------------
+
+
+def vocoder_cost(engine: TransformersEngine, family: str, codes: int) -> dict[str, float]:
+    """Compute seconds to vocode ``codes`` random codes streamed (as the engine does, a talker at
+    3x real time) and in one whole-clip decode by the model's own vocoder; best of three."""
+    import torch
+
+    from omniserve.engines.hf.voice import Qwen3Voice, Qwen25Voice
+
+    (scheduler,) = engine.schedulers.values()
+    renderer = scheduler.renderer
+    model = scheduler.loaded.model
+    gen = torch.Generator().manual_seed(SEED)
+    rate = CODE_RATE[family]
+    cuda = torch.cuda.is_available()
+
+    def timed(fn: Any) -> float:
+        best = float("inf")
+        for _ in range(3):
+            if cuda:
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - began)
+        return best
+
+    if family == QWEN3:
+        config = model.code2wav.config
+        frames = torch.randint(
+            0, config.codebook_size, (codes, config.num_quantizers), generator=gen
+        )
+
+        def whole() -> None:
+            with torch.inference_mode():
+                model.code2wav.chunked_decode(frames.T.unsqueeze(0).to(renderer.device), 300, 25)
+
+        def streamed() -> None:
+            clock = [0.0]
+            voice = Qwen3Voice(renderer, clock=lambda: clock[0])
+            for i, frame in enumerate(frames, start=1):
+                clock[0] = i / (rate * 3)
+                voice.add(frame)
+            voice.finish()
+    else:
+        ids = [int(c) for c in torch.randint(0, 8192, (codes,), generator=gen)]
+        vocab = int(model.token2wav.config.dit_config.num_embeds)
+        ids = [i % vocab for i in ids]
+        speaker = next(iter(model.speaker_map.values()))
+        params = {k: (v.to(renderer.device) if hasattr(v, "to") else v) for k, v in speaker.items()}
+
+        def whole() -> None:
+            with torch.inference_mode():
+                model.token2wav(
+                    torch.tensor([ids], device=renderer.device),
+                    conditioning=params["cond"].float(), reference_mel=params["ref_mel"].float(),
+                )  # fmt: skip
+
+        def streamed() -> None:
+            clock = [0.0]
+            voice = Qwen25Voice(renderer, params, seed=SEED, clock=lambda: clock[0])
+            for i, code in enumerate(ids, start=1):
+                clock[0] = i / (rate * 3)
+                voice.add(code)
+            voice.finish()
+
+    whole_s, streamed_s = timed(whole), timed(streamed)
+    audio = codes / rate
+    return {
+        "audio_s": audio,
+        "whole_s": whole_s,
+        "streamed_s": streamed_s,
+        "ratio": streamed_s / whole_s,
+    }
+
+
 # -- one family --------------------------------------------------------------------------------
 
 
 def settings_for(
-    family: str, checkpoint: Path, text_tokens: int, codes: int, tiny: bool, threads: int | None
+    family: str, checkpoint: Path, args: argparse.Namespace, codes: int, tiny: bool
 ) -> tuple[Settings, dict[str, Any]]:
     generate_kwargs: dict[str, Any] = {
-        "thinker_min_new_tokens": text_tokens,
+        "thinker_min_new_tokens": args.text_tokens,
         "talker_min_new_tokens": codes,
         "talker_max_new_tokens": codes,
     }
     if tiny and family == QWEN25:
         generate_kwargs["talker_eos_token_id"] = [QWEN25_TALKER_EOS]  # its vocabulary is tiny
-    settings = fast_settings(
-        engine="transformers",
-        transformers={
-            "models": [{"name": SERVED_NAME[family], "checkpoint": str(checkpoint)}],
-            "generate_kwargs": generate_kwargs,
-            "cpu_threads": threads,
-        },
-    )
-    return settings, generate_kwargs
+    elif family == QWEN25:
+        # generate() would let random weights say codec ids token2wav has no embedding for
+        # (the engine never does); keep the baseline to the same codes.
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(checkpoint)
+        embedded = int(config.token2wav_config.dit_config.num_embeds) + 1
+        eos = {8292, 8294}
+        vocab = int(config.talker_config.vocab_size)
+        generate_kwargs["talker_bad_words_ids"] = [
+            [i] for i in range(embedded, vocab) if i not in eos
+        ]
+    transformers: dict[str, Any] = {
+        "models": [{"name": SERVED_NAME[family], "checkpoint": str(checkpoint)}],
+        "generate_kwargs": generate_kwargs,
+        "cpu_threads": args.threads,
+        "max_batch": args.max_batch or max(args.concurrency),
+        "queue_size": max(args.concurrency),
+    }
+    if args.dummy_weights:
+        transformers["load_format"] = "dummy"
+    if args.max_seq_len:
+        transformers["max_seq_len"] = args.max_seq_len
+    return fast_settings(engine="transformers", transformers=transformers), generate_kwargs
 
 
-def run_family(family: str, checkpoint: Path, args: argparse.Namespace, tiny: bool) -> list[Level]:
+def gib(n: float) -> float:
+    return round(n / 2**30, 2)
+
+
+def run_family(
+    family: str, checkpoint: Path, args: argparse.Namespace, tiny: bool
+) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
     codes = args.audio_codes if args.audio_codes is not None else DEFAULT_CODES[family]
-    settings, generate_kwargs = settings_for(
-        family, checkpoint, args.text_tokens, codes, tiny, args.threads
-    )
+    settings, generate_kwargs = settings_for(family, checkpoint, args, codes, tiny)
     name = SERVED_NAME[family]
+    out: dict[str, Any] = {"family": family, "checkpoint": str(checkpoint), "codes": codes}
+    began = time.perf_counter()
     with live_server(settings) as server:
+        out["start_s"] = round(time.perf_counter() - began, 1)
         engine = server.service.engine
         assert isinstance(engine, TransformersEngine)
+        (scheduler,) = engine.schedulers.values()
         voice = engine.served[name].spec.voices[0].name
         baseline = Baseline(engine, name, voice, args.text_tokens, generate_kwargs)
+        per_slot = scheduler.thinker.cache.bytes_per_slot
+        if scheduler.talker is not None:
+            per_slot += scheduler.talker.cache.bytes_per_slot
+        out["kv_per_request_gib"] = gib(per_slot)
+        out["graphs"] = sum(len(r.graphs) for r in _runners(scheduler))
+        if cuda:
+            out["memory_after_start_gib"] = gib(torch.cuda.max_memory_allocated())
         print(
             f"\n{family}: {checkpoint.name}, voice {voice}, {args.text_tokens} text tokens, "
-            f"{codes} speech codes per request",
+            f"{codes} speech codes per request; ready in {out['start_s']} s, "
+            f"{out['graphs']} CUDA graphs",
             flush=True,
         )
 
         def bodies(n: int, first_seed: int) -> list[dict[str, Any]]:
             return [request_body(name, voice, args.text_tokens, first_seed + i) for i in range(n)]
 
-        # Warm-up, not measured: first calls pay for kernel selection and allocation.
-        asyncio.run(streaming_level(server, bodies(1, SEED)))
-        baseline.level([SEED])
-
-        results: dict[tuple[str, int], Level] = {}
+        first, _ = asyncio.run(streaming_level(server, bodies(1, SEED)))
+        out["first_request"] = asdict(first[0])
+        baseline.level([SEED])  # generate()'s own first call pays its warm-up, not measured
+        levels: dict[tuple[str, int], Level] = {}
         for repeat in range(args.repeats):
             for conc in args.concurrency:
-                seed = SEED + 100 * repeat
+                seed = SEED + 100 * (repeat + 1)
                 for path in ("streaming", "generate"):
+                    level = levels.setdefault((path, conc), Level(path, conc))
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
                     if path == "streaming":
-                        samples, wall = asyncio.run(streaming_level(server, bodies(conc, seed)))
+                        with BatchWatch(engine) as watch:
+                            samples, wall = asyncio.run(streaming_level(server, bodies(conc, seed)))
+                        level.batched = max(level.batched, watch.most)
                     else:
                         samples, wall = baseline.level([seed + i for i in range(conc)])
-                    level = results.setdefault((path, conc), Level(path, conc, [], 0.0))
+                    if cuda:
+                        level.peak_gib = gib(torch.cuda.max_memory_allocated())
                     level.samples += samples
                     level.wall += wall
                     print(f"  {path} c={conc} repeat {repeat + 1}: {wall:.2f} s", flush=True)
-    return [results[(p, c)] for p in ("streaming", "generate") for c in args.concurrency]
+        out["vocoder"] = vocoder_cost(engine, family, codes)
+    out["levels"] = [summarize(lv) for lv in levels.values()]
+    return out
+
+
+def _runners(scheduler: Any) -> list[Any]:
+    runners = [scheduler.thinker.runner]
+    talker = scheduler.talker
+    if talker is not None:
+        runners.append(talker.runner)
+        if hasattr(talker, "predictor_runner"):
+            runners.append(talker.predictor_runner)
+    if scheduler.renderer is not None:
+        runners.append(scheduler.renderer.runner)
+    return runners
+
+
+def summarize(lv: Level) -> dict[str, Any]:
+    s = lv.samples
+    audio = sum(x.audio_seconds for x in s)
+    return {
+        "path": lv.path,
+        "concurrency": lv.concurrency,
+        "requests": len(s),
+        "ttft_p50_ms": round(percentile([x.ttft for x in s], 50) * 1000, 1),
+        "ttfa_p50_ms": round(percentile([x.ttfa for x in s], 50) * 1000, 1),
+        "ttfa_max_ms": round(max(x.ttfa for x in s) * 1000, 1),
+        "text_tokens_per_s_p50": round(percentile([x.tokens_per_second for x in s], 50), 1),
+        "speech_rate_min": round(min((x.speech_rate for x in s), default=float("nan")), 2),
+        "stall_max_s": round(max(x.stall for x in s), 3),
+        "audio_s_per_request": round(audio / len(s), 2),
+        "level_realtime_x": round(audio / lv.wall, 2) if lv.wall else None,
+        "batched": lv.batched,
+        "peak_gib": lv.peak_gib,
+        "text_tokens": sorted({x.text_tokens for x in s}),
+    }
+
+
+# -- report ------------------------------------------------------------------------------------
 
 
 def ms(x: float) -> str:
-    return "-" if x != x else f"{x * 1000:,.0f}"
+    return "-" if x != x else f"{x:,.0f}"
 
 
-def print_table(family: str, levels: list[Level]) -> None:
-    print(f"\n### {family}\n")
+def check(value: float, goal: float, *, at_most: bool) -> str:
+    if value != value:
+        return ""
+    ok = value <= goal if at_most else value >= goal
+    return f" ({'meets' if ok else 'misses'} the H200 goal {'≤' if at_most else '≥'} {goal:g})"
+
+
+def print_family(result: dict[str, Any]) -> None:
+    print(f"\n### {result['family']} ({Path(result['checkpoint']).name})\n")
     print(
-        "| path | conc | requests | TTFT p50 ms | TTFA p50 ms | TTFA max ms | tokens/s p50 "
-        "| audio s / request | audio RTF |"
+        "| path | conc | requests | TTFT p50 ms | TTFA p50 ms | TTFA max ms | text tok/s p50 "
+        "| speech rate (min) | stall max s | audio × real time (level) | batched |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for lv in levels:
-        s = lv.samples
-        audio = sum(x.audio_seconds for x in s)
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for lv in result["levels"]:
+        rate = "-" if lv["path"] == "generate" else f"{lv['speech_rate_min']:.2f}"
+        stall = "-" if lv["path"] == "generate" else f"{lv['stall_max_s']:.3f}"
         print(
-            f"| {lv.path} | {lv.concurrency} | {len(s)} "
-            f"| {ms(percentile([x.ttft for x in s], 50))} "
-            f"| {ms(percentile([x.ttfa for x in s], 50))} "
-            f"| {ms(max(x.ttfa for x in s))} "
-            f"| {percentile([x.tokens_per_second for x in s], 50):,.0f} "
-            f"| {audio / len(s):.2f} "
-            f"| {lv.wall / audio if audio else float('nan'):.2f} |"
+            f"| {lv['path']} | {lv['concurrency']} | {lv['requests']} | {ms(lv['ttft_p50_ms'])} "
+            f"| {ms(lv['ttfa_p50_ms'])} | {ms(lv['ttfa_max_ms'])} "
+            f"| {lv['text_tokens_per_s_p50']:,.0f} | {rate} | {stall} "
+            f"| {lv['level_realtime_x']} | {lv['batched'] or '-'} |"
         )
-    by = {(lv.path, lv.concurrency): lv for lv in levels}
+    by = {(lv["path"], lv["concurrency"]): lv for lv in result["levels"]}
     print()
-    # The comparison holds only if both paths did the same work.
-    outputs = {(x.text_tokens, round(x.audio_seconds, 2)) for lv in levels for x in lv.samples}
-    if len(outputs) == 1:
-        tokens, seconds = outputs.pop()
-        print(f"every request, both paths: {tokens} text tokens, {seconds:.2f} s of audio")
-    else:
-        print(f"WARNING: the paths produced different lengths: {sorted(outputs)}")
-    for conc in sorted({lv.concurrency for lv in levels}):
-        stream = percentile([x.ttfa for x in by["streaming", conc].samples], 50)
-        whole = percentile([x.ttfa for x in by["generate", conc].samples], 50)
-        print(f"TTFA streaming / generate at c={conc}: {stream / whole:.2f}")
+    for conc in sorted({c for _, c in by}):
+        stream, whole = by["streaming", conc], by["generate", conc]
+        ratio = stream["ttfa_p50_ms"] / whole["ttfa_p50_ms"]
+        goal = GOALS.get(f"ttfa_c{conc}_ms")
+        note = check(stream["ttfa_p50_ms"], goal, at_most=True) if goal else ""
+        print(f"c={conc}: TTFA streaming / generate() {ratio:.3f}; TTFA p50 "
+              f"{stream['ttfa_p50_ms']:.0f} ms{note}")  # fmt: skip
+        goal = GOALS.get(f"speech_rate_c{conc}")
+        if goal:
+            print(f"c={conc}: slowest stream's speech rate {stream['speech_rate_min']:.2f}x"
+                  f"{check(stream['speech_rate_min'], goal, at_most=False)}, "
+                  f"longest stall {stream['stall_max_s']:.3f} s")  # fmt: skip
+        if conc == 1:
+            tps = stream["text_tokens_per_s_p50"]
+            print(f"c=1: text {tps:.0f} tokens/s"
+                  f"{check(tps, GOALS['text_tokens_per_s_c1'], at_most=False)}")  # fmt: skip
+        print(f"c={conc}: most requests in one decode step: {stream['batched']}")
+    first = result["first_request"]["ttfa"] * 1000
+    warm = by["streaming", min(c for _, c in by)]["ttfa_p50_ms"]
+    print(f"first request after start: TTFA {first:.0f} ms, {first / warm:.2f}x the warm p50")
+    v = result["vocoder"]
+    goal = check(v["ratio"], GOALS["vocoder_ratio"], at_most=True)
+    streamed, whole = v["streamed_s"] * 1000, v["whole_s"] * 1000
+    print(f"vocoder: {v['audio_s']:.1f} s of speech streamed in {streamed:.0f} ms of compute, "
+          f"whole clip {whole:.0f} ms: {v['ratio']:.2f}x{goal}")  # fmt: skip
+    memory = [f"key/value cache per extra request {result['kv_per_request_gib']} GiB"]
+    if "memory_after_start_gib" in result:
+        memory.insert(0, f"peak after start {result['memory_after_start_gib']} GiB")
+        for lv in result["levels"]:
+            if lv["path"] == "streaming":
+                memory.append(f"peak at c={lv['concurrency']} {lv['peak_gib']} GiB")
+    print("memory: " + ", ".join(memory))
 
 
-def header() -> None:
+def header() -> dict[str, Any]:
     import torch
     import transformers
 
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-    print(
-        f"device: {device}   torch {torch.__version__}   transformers {transformers.__version__}"
-        f"   CPU cores: {os.cpu_count()}"
-    )
+    meta = {
+        "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+        "cpu_cores": os.cpu_count(),
+    }  # fmt: skip
+    print("   ".join(f"{k}: {v}" for k, v in meta.items()))
+    return meta
 
 
 def family_of(checkpoint: Path) -> str:
@@ -395,61 +616,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--family", choices=[QWEN25, QWEN3, "both"], default="both")
     parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="a real checkpoint directory (its family is read from its config); "
+        "--checkpoint", type=Path, default=None,
+        help="a checkpoint directory (its family is read from its config); "
         "default: tiny random checkpoints built in a temporary directory",
-    )
+    )  # fmt: skip
+    parser.add_argument(
+        "--dummy-weights", action="store_true",
+        help="random weights of the checkpoint's architecture (load_format = dummy)",
+    )  # fmt: skip
     parser.add_argument("--text-tokens", type=int, default=64, help="thinker tokens per request")
     parser.add_argument(
-        "--audio-codes",
-        type=int,
-        default=None,
-        help="talker codes per request (default 200 for qwen2.5-omni, 60 for qwen3-omni)",
-    )
+        "--audio-codes", type=int, default=None,
+        help="talker codes per request (default 200 for qwen2.5-omni, 50 for qwen3-omni)",
+    )  # fmt: skip
     parser.add_argument(
-        "--concurrency",
-        default=[1, 4],
-        type=lambda s: [int(x) for x in s.split(",")],
-        help="comma-separated levels: requests sent together (default 1,4)",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="runs of every level")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads on the CPU (default: the engine's, every core but one)",
-    )
+        "--concurrency", default=[1, 8], type=lambda s: [int(x) for x in s.split(",")],
+        help="comma-separated levels: requests sent together (default 1,8)",
+    )  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every level")
+    parser.add_argument("--max-batch", type=int, default=None, help="default: the top level")
+    parser.add_argument("--max-seq-len", type=int, default=None, help="positions per slot")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
     if args.threads is not None:
         # Before torch is imported, so that every thread's OpenMP pool has this size.
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-        import torch
-
-        torch.set_num_threads(args.threads)
-
     warnings.filterwarnings("ignore")
     import transformers
 
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    header()
+    report: dict[str, Any] = {"meta": header(), "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    }, "families": []}  # fmt: skip
     started = time.perf_counter()
-    tables: list[tuple[str, list[Level]]] = []
     if args.checkpoint is not None:
         family = family_of(args.checkpoint)
         if args.family not in ("both", family):
             raise SystemExit(f"{args.checkpoint} is a {family} checkpoint, not {args.family}")
-        tables.append((family, run_family(family, args.checkpoint, args, tiny=False)))
+        report["families"].append(run_family(family, args.checkpoint, args, tiny=False))
     else:
         families = [QWEN25, QWEN3] if args.family == "both" else [args.family]
         with tempfile.TemporaryDirectory(prefix="omniserve-bench-") as tmp:
             for family in families:
                 directory = build_tiny(Path(tmp) / f"{family}-tiny", family)
-                tables.append((family, run_family(family, directory, args, tiny=True)))
-    for family, levels in tables:
-        print_table(family, levels)
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+                report["families"].append(run_family(family, directory, args, tiny=True))
+    for result in report["families"]:
+        print_family(result)
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    print(f"\ntotal {report['total_s']:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -57,9 +57,23 @@ def test_a_short_lead_keeps_chunks_small() -> None:
     plan = ChunkPlan((4, 8, 16, 32), rate=12.5, clock=clock)
     plan.sent(24_000)
     plan.sent(24_000)
-    clock.now = 1.5  # half a second left: 6 codes' worth
+    clock.now = 1.5  # half a second left: 6 codes' worth at real time
     assert plan.due() == 4
     clock.now = 0.0  # two seconds left: 25 codes' worth, 80 % of it is 20
+    assert plan.due() == 16
+
+
+def test_a_fast_talker_earns_larger_chunks() -> None:
+    clock = Clock()
+    plan = ChunkPlan((4, 8, 16, 32, 64), rate=12.5, clock=clock)
+    for i in range(40):  # 40 codes (3.2 s of speech) in 0.8 s: four times real time
+        clock.now = i * 0.02
+        plan.arrived()
+    plan.sent(24_000)  # three seconds of audio leave at once
+    plan.sent(24_000)
+    plan.sent(24_000)
+    assert plan.speed() == pytest.approx(4.0, rel=0.05)
+    clock.now += 2.5  # half a second of audio left: 6 codes at real time, 25 at this speed
     assert plan.due() == 16
 
 
@@ -104,9 +118,10 @@ def _whole(code2wav: Any, codes: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize(
     ("kwargs", "n", "due"),
     [
-        # The defaults: 4 codes first; the next chunks as large as the audio sent lets them be.
-        ({}, 17, [4, 8, 12]),
-        ({"sizes": (2, 4), "left_context": 3}, 15, [2, 4, 6, 10, 14]),  # little left context
+        # The defaults: 4 codes first, then 8, 16... (the clock stands still: an instant talker
+        # and a listener with all the audio sent still ahead)
+        ({}, 17, [4, 12]),
+        ({"sizes": (2, 4), "left_context": 3}, 15, [2, 6, 10, 14]),  # little left context
     ],
 )
 def test_qwen3_chunks_join_into_the_whole_clip(
@@ -167,8 +182,7 @@ def _renderer(model: Any) -> DitRenderer:
     [
         ({}, 37, [36]),  # the defaults: the first 24 codes with 12 of look-ahead
         ({"sizes": (4,), "look_back": 4, "look_ahead": 2, "overlap": 1}, 16, [6, 10, 14]),
-        # Chunks of 8 once the audio sent covers making them (and their look-ahead).
-        ({"sizes": (4, 8), "look_back": 4, "look_ahead": 2, "overlap": 1}, 30, [6, 10, 14, 18, 26]),
+        ({"sizes": (4, 8), "look_back": 4, "look_ahead": 2, "overlap": 1}, 30, [6, 14, 22, 30]),
     ],
 )
 def test_qwen25_chunks_cover_every_code(

@@ -319,14 +319,19 @@ class TransformersEngine:
         defaults = [i for i in (8292, 8294) if i < vocab]
         return frozenset(defaults or [int(config.tts_codec_end_token_id)])
 
-    @staticmethod
-    def _speech_banned(loaded: LoadedModel) -> frozenset[int]:
+    def _speech_banned(self, loaded: LoadedModel) -> frozenset[int]:
         talker = loaded.model.talker
         if loaded.info.family == "qwen3-omni":
             vocab = int(loaded.model.config.talker_config.text_config.vocab_size)
             eos = int(loaded.model.config.talker_config.codec_eos_token_id)
             return frozenset(i for i in range(vocab - 1024, vocab) if i != eos)
-        return frozenset({int(talker.codec_bos_token)})
+        # As generate(): never the codec start. And never an id token2wav has no embedding for
+        # (the codec's special ids; a trained talker does not say them, a random one would).
+        vocab = int(loaded.model.config.talker_config.vocab_size)
+        embedded = int(loaded.model.config.token2wav_config.dit_config.num_embeds) + 1
+        eos = self._speech_eos(loaded)
+        specials = {i for i in range(embedded, vocab) if i not in eos}
+        return frozenset({int(talker.codec_bos_token), *specials})
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
         _, key = self._checkpoint(job)

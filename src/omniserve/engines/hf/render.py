@@ -98,7 +98,7 @@ class DitRenderer:
         self,
         token2wav: Any,
         *,
-        sizes: tuple[int, ...] = (36, 48, 72, 96, 132, 180, 228),
+        sizes: tuple[int, ...] = (36, 60, 84, 108, 132, 180, 228),
         settings: DitSettings | None = None,
         reference_lengths: list[int] | None = None,
     ) -> None:

@@ -30,7 +30,10 @@ SAMPLE_RATE = 24_000
 
 class ChunkPlan:
     """How many new codes the next chunk holds: the next of ``sizes``, but no more than the
-    audio already sent covers while they are made (``rate`` codes per second of audio)."""
+    talker can make (at the speed it has shown) before the audio already sent runs out.
+
+    ``rate`` is codes per second of audio; ``ahead`` codes past a chunk are needed to render it.
+    """
 
     def __init__(
         self,
@@ -42,17 +45,36 @@ class ChunkPlan:
     ) -> None:
         self.sizes, self.rate, self.ahead, self.clock = sizes, rate, ahead, clock
         self.index = 0
+        self.first_code: float | None = None  # when the first code arrived
+        self.last_code = 0.0
+        self.codes = 0
         self.started: float | None = None  # when the first audio left
         self.sent_seconds = 0.0
+
+    def arrived(self) -> None:
+        """One more code from the talker."""
+        now = self.clock()
+        if self.first_code is None:
+            self.first_code = now
+        self.last_code = now
+        self.codes += 1
+
+    def speed(self) -> float:
+        """Seconds of speech the talker has made per second, between 1 and 8 (1 until known)."""
+        if self.first_code is None or self.codes < 2:
+            return 1.0
+        elapsed = self.last_code - self.first_code
+        if elapsed <= 0:
+            return 8.0
+        return min(8.0, max(1.0, (self.codes - 1) / self.rate / elapsed))
 
     def due(self) -> int:
         want = self.sizes[min(self.index, len(self.sizes) - 1)]
         if self.started is None:
             return want
         lead = self.sent_seconds - (self.clock() - self.started)
-        # The codes of a chunk (and its look-ahead) must be made before the lead runs out,
-        # with the talker at no more than real time.
-        affordable = int(lead * self.rate * 0.8) - self.ahead
+        # The chunk's codes (and its look-ahead) must be made before the lead runs out.
+        affordable = int(lead * self.rate * self.speed() * 0.8) - self.ahead
         fitting = [s for s in self.sizes if s <= max(affordable, self.sizes[0])]
         return min(want, max(fitting))
 
@@ -95,6 +117,7 @@ class Qwen3Voice:
 
     def add(self, frame: Any) -> np.ndarray | None:
         self.frames.append(frame.reshape(-1))
+        self.plan.arrived()
         if len(self.frames) - self.decoded >= self.plan.due():
             return self._decode()
         return None
@@ -157,6 +180,7 @@ class Qwen25Voice:
 
     def add(self, code: int) -> np.ndarray | None:
         self.ids.append(int(code))
+        self.plan.arrived()
         due = self.plan.due()
         if len(self.ids) - self.done >= due + self.look_ahead:
             return self._decode(self.done + due, final=False)
