@@ -101,3 +101,15 @@ def test_speech_samples_as_generate_does_and_a_seed_carries_over() -> None:
     )
     assert qwen3.greedy() and qwen3.banned == frozenset({7}) and qwen3.max_new_tokens == 30
     assert qwen3.top_k == 50 and qwen3.seed is None
+
+
+def test_an_end_id_is_never_banned() -> None:
+    sampling = talker_sampling(
+        "qwen2.5-omni",
+        eos=frozenset({8292, 8294}),
+        banned=frozenset({8292, 8293, 8295}),
+        seed=None,
+        overrides={"eos_token_id": [8295]},
+    )
+    assert sampling.eos == frozenset({8295})
+    assert sampling.banned == frozenset({8292, 8293})

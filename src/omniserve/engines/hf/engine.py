@@ -329,8 +329,8 @@ class TransformersEngine:
         # (the codec's special ids; a trained talker does not say them, a random one would).
         vocab = int(loaded.model.config.talker_config.vocab_size)
         embedded = int(loaded.model.config.token2wav_config.dit_config.num_embeds) + 1
-        eos = self._speech_eos(loaded)
-        specials = {i for i in range(embedded, vocab) if i not in eos}
+        ends = self._speech_eos(loaded)
+        specials = {i for i in range(embedded, vocab) if i not in ends}
         return frozenset({int(talker.codec_bos_token), *specials})
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:

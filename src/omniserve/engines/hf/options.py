@@ -91,7 +91,8 @@ def apply(base: Sampling, overrides: dict[str, Any]) -> Sampling:
     banned = set(base.banned)
     banned |= _ids(overrides.get("suppress_tokens"))
     banned |= {int(w[0]) for w in overrides.get("bad_words_ids") or ()}
-    changes["banned"] = frozenset(banned)
+    # An end id must stay sayable, whatever else is banned.
+    changes["banned"] = frozenset(banned - set(changes.get("eos", base.eos)))
     return replace(base, **changes)
 
 
