@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 
 from omniserve.catalog import Catalog
 from omniserve.engines.base import GenerationJob, PromptTokens
 from omniserve.engines.hf.engine import _as_api_error
 from omniserve.errors import InternalError, InvalidParameter, ServiceUnavailable
+from tiny_omni import QWEN3
 
 FLASH = Catalog.default().get("qwen3-omni-flash")
 JOB = GenerationJob(
@@ -51,3 +55,20 @@ def test_any_other_failure_is_a_500_that_hides_the_details(
 def test_api_errors_pass_through_unchanged() -> None:
     original = InvalidParameter("bad voice", param="audio.voice")
     assert _as_api_error(original, JOB) is original
+
+
+def test_a_cache_that_cannot_fit_is_refused_with_what_to_change(tiny: Any) -> None:
+    from omniserve.config import ServedCheckpoint, TransformersSettings
+    from omniserve.engines.hf.checkpoint import CheckpointError, inspect_checkpoint
+    from omniserve.engines.hf.engine import TransformersEngine
+    from omniserve.engines.hf.loader import load
+
+    settings = TransformersSettings(models=[ServedCheckpoint(checkpoint=str(tiny[QWEN3]))])
+    engine = TransformersEngine(settings, Catalog.default(), chunk_bytes=4800)
+    loaded = load(
+        inspect_checkpoint(settings.models[0]), settings, console=Console(file=io.StringIO())
+    )
+    engine._check_cache_memory(loaded, 4096, 8192)  # a few MB: fits
+    engine.settings = settings.model_copy(update={"memory_headroom": 1e9})
+    with pytest.raises(CheckpointError, match=r"max_batch or transformers\.max_seq_len"):
+        engine._check_cache_memory(loaded, 4096, 8192)

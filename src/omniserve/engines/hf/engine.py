@@ -38,7 +38,8 @@ from omniserve.engines.hf.checkpoint import (
     served_spec,
     voice_map,
 )
-from omniserve.engines.hf.loader import LoadedModel, has_native_video, load
+from omniserve.engines.hf.kvcache import cache_bytes
+from omniserve.engines.hf.loader import LoadedModel, free_memory, has_native_video, load
 from omniserve.engines.hf.options import (
     from_generation_config,
     split_generate_kwargs,
@@ -195,6 +196,7 @@ class TransformersEngine:
 
         capacity = loaded.info.context
         talker_codes = int(self.stage_kwargs["talker"].get("max_new_tokens", 4096))
+        self._check_cache_memory(loaded, capacity, capacity + talker_codes + TALKER_EXTRA)
         with torch.inference_mode():
             scheduler = Scheduler(
                 loaded,
@@ -208,6 +210,26 @@ class TransformersEngine:
                 scheduler.capture_graphs(self.console)
                 log.info("CUDA graphs captured in %.1f s", time.perf_counter() - began)
         return scheduler
+
+    def _check_cache_memory(self, loaded: LoadedModel, capacity: int, talker: int) -> None:
+        """Refuse to start, with what to change, when the slot caches cannot fit."""
+        config = loaded.model.config
+        size = loaded.model.thinker.get_input_embeddings().weight.element_size()
+        slots = self.settings.max_batch
+        text = config.thinker_config.text_config
+        needed = cache_bytes(text, slots=slots, positions=capacity, element_size=size)
+        if loaded.speaks:
+            speech = config.talker_config
+            speech = getattr(speech, "text_config", None) or speech
+            needed += cache_bytes(speech, slots=slots, positions=talker, element_size=size)
+        free = free_memory(str(loaded.device))
+        if free is not None and needed * self.settings.memory_headroom > free:
+            raise CheckpointError(
+                f"the key/value cache of {slots} slots x {capacity} positions needs "
+                f"{needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free on {loaded.device}; "
+                "lower transformers.max_batch or transformers.max_seq_len"
+            )
+        log.info("key/value cache: %.2f GiB for %d slots", needed / 2**30, slots)
 
     async def close(self) -> None:
         for scheduler in self.schedulers.values():

@@ -89,6 +89,13 @@ def kv_geometry(config: Any) -> tuple[int, int]:
     return kv_heads, int(head_dim)
 
 
+def cache_bytes(config: Any, *, slots: int, positions: int, element_size: int) -> int:
+    """Bytes of a slot cache for a decoder with ``config``."""
+    kv_heads, head_dim = kv_geometry(config)
+    layers = int(config.num_hidden_layers)
+    return slots * positions * layers * kv_heads * head_dim * 2 * element_size
+
+
 def step_mask(write: Any, kv_len: int, queries: int = 1) -> Any:
     """Boolean attention mask ``[batch, 1, queries, kv_len]``: each row sees its own positions up
     to the one it writes (and, with several queries, causally within them)."""

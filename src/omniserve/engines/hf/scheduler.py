@@ -350,9 +350,9 @@ class Scheduler:
         model = self.loaded.model
         plan = row.request.plan
         if isinstance(self.renderer, DitRenderer):
-            params = model.speaker_map[plan.speaker]
-            device = self.renderer.device
-            speaker = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in params.items()}
+            # The speaker's tensors stay where they are: the vocoder thread moves them, on its
+            # own stream.
+            speaker = model.speaker_map[plan.speaker]
             seed = plan.talker.seed if plan.talker is not None else None
             row.voice = Qwen25Voice(self.renderer, speaker, seed=seed)
             assert isinstance(self.talker, Qwen25Talker)
@@ -514,7 +514,8 @@ class Scheduler:
             ):
                 row.codes += 1
                 row.request.codes.append(frame)
-                self.vocoder.add(row.request, row.voice, [frames[row.slot].clone()])
+                # Plain ints: the vocoder thread reads them on its own CUDA stream.
+                self.vocoder.add(row.request, row.voice, [frame])
             logits, hidden = talker.step({r.slot: sums[r.slot] for r in rows})
             self.steps += 1
             for row, code in zip(rows, self.speech_sampler.pick(logits, slots), strict=True):

@@ -107,7 +107,7 @@ class Qwen3Voice:
         self.left_context = left_context
         self.upsample = renderer.upsample
         self.plan = ChunkPlan(sizes, SAMPLE_RATE / self.upsample, clock=clock)
-        self.frames: list[Any] = []  # [groups] tensors
+        self.frames: list[Any] = []  # [groups] CPU tensors
         self.decoded = 0  # codes covered by the last decode
         self.sent = 0  # samples sent
 
@@ -116,7 +116,10 @@ class Qwen3Voice:
         return len(self.frames)
 
     def add(self, frame: Any) -> np.ndarray | None:
-        self.frames.append(frame.reshape(-1))
+        """One frame: its codes, one per group (a list or a tensor)."""
+        import torch
+
+        self.frames.append(torch.as_tensor(frame).reshape(-1).cpu())
         self.plan.arrived()
         if len(self.frames) - self.decoded >= self.plan.due():
             return self._decode()
