@@ -75,6 +75,56 @@ class SlotCache:
         return length
 
 
+class DecoderSlots:
+    """One decoder's slot cache, with each slot's length and rotary offset."""
+
+    def __init__(self, layers: Any, config: Any, *, slots: int, capacity: int, dtype: Any):
+        kv_heads, head_dim = kv_geometry(config)
+        self.cache = SlotCache(
+            layers=len(layers),
+            slots=slots,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            capacity=capacity,
+            dtype=dtype,
+            devices=layer_devices(layers),
+        )
+        self.capacity = capacity
+        self.lengths = [0] * slots  # positions each slot holds
+        self.deltas = [0] * slots  # added to each slot's positions for rotary embeddings
+
+    def hold(self, slot: int, cache: Any, delta: int) -> int:
+        """Take a prefilled transformers cache into ``slot``; its length."""
+        length = self.cache.load(slot, cache)
+        self.lengths[slot], self.deltas[slot] = length, delta
+        return length
+
+    def free(self, slot: int) -> None:
+        self.lengths[slot] = 0
+        self.deltas[slot] = 0
+
+    def span(self, rows: Any) -> int:
+        """Positions a step over ``rows`` attends to (their longest, with the new one)."""
+        return int(max(self.lengths[s] for s in rows)) + 1
+
+    def positions(self, batch: int, device: Any) -> tuple[Any, Any]:
+        """Where each of the first ``batch`` slots writes this step, and its rotary position.
+        A slot not stepped writes where its next real step will overwrite (or a free slot's
+        first position), so rows can sit a step out without harm."""
+        import torch
+
+        write = [min(self.lengths[s], self.capacity - 1) for s in range(batch)]
+        rope = [w + self.deltas[s] for s, w in enumerate(write)]
+        return (
+            torch.tensor(write, dtype=torch.long, device=device),
+            torch.tensor(rope, dtype=torch.long, device=device),
+        )
+
+    def advance(self, rows: Any) -> None:
+        for slot in rows:
+            self.lengths[slot] += 1
+
+
 def layer_devices(layers: Any) -> list[Any]:
     """The device of each decoder layer (a model spread over GPUs keeps each layer's cache
     where the layer is)."""

@@ -26,8 +26,8 @@ from omniserve.engines.hf.render import CodecRenderer, DitRenderer, DitSettings
 from omniserve.engines.hf.reply import ReplyText
 from omniserve.engines.hf.request import Request
 from omniserve.engines.hf.sampling import RowSampler, Sampling
-from omniserve.engines.hf.talker3 import Qwen3Talker, TextFeed
-from omniserve.engines.hf.talker25 import Qwen25Talker, ReplyFeed
+from omniserve.engines.hf.talker3 import Qwen3Talker
+from omniserve.engines.hf.talker25 import Qwen25Talker
 from omniserve.engines.hf.thinker import ThinkerPrefill, ThinkerStage
 from omniserve.engines.hf.vocoder import VocoderWorker
 from omniserve.engines.hf.voice import Qwen3Voice, Qwen25Voice
@@ -36,6 +36,28 @@ log = logging.getLogger("omniserve.transformers")
 
 # Events a request may have waiting for its reader before its row sits out steps.
 BACKLOG = 256
+
+
+@dataclass
+class TextFeed:
+    """The answer as a talker reads it: one entry per step, then the text end, then padding."""
+
+    end: Any
+    pad: Any
+    parts: list[Any] = field(default_factory=list)
+    ended: bool = False  # the thinker is done: nothing more will be added
+    end_sent: bool = False
+
+    def ready(self) -> bool:
+        return bool(self.parts) or self.ended
+
+    def next(self) -> Any:
+        if self.parts:
+            return self.parts.pop(0)
+        if not self.end_sent:
+            self.end_sent = True
+            return self.end
+        return self.pad
 
 
 @dataclass
@@ -56,6 +78,7 @@ class Row:
     fed: int = 0  # of ``answer``, how many the Qwen3 talker has been given
     first_part: Any = None  # the first answer token as the Qwen2.5 talker reads it
     pending: Any = None  # the talker's next input: last code (2.5) / (code, hidden) (3)
+    feed: TextFeed | None = None
     voice: Any = None
     codes: int = 0
 
@@ -320,8 +343,8 @@ class Scheduler:
                     part = (hidden[row.slot] + embeds[row.slot]).clone()
                     if row.first_part is None:
                         row.first_part = part
-                    elif isinstance(self.talker, Qwen25Talker):
-                        self.talker.feeds[row.slot].parts.append(part)
+                    elif row.feed is not None:
+                        row.feed.parts.append(part)
         for row in rows:
             self._forced(row)
         for row, token in zip(
@@ -338,8 +361,8 @@ class Scheduler:
         talker = self.talker
         if talker is None or not row.request.plan.speaks:
             return
-        if row.slot in talker.feeds:
-            talker.feeds[row.slot].ended = True
+        if row.feed is not None:
+            row.feed.ended = True
         if not row.talker_started and not self._can_start_talker(row):
             # Only one token of text: nothing for the talker to say (generate() cannot either).
             self._end_speech(row)
@@ -355,15 +378,12 @@ class Scheduler:
             speaker = model.speaker_map[plan.speaker]
             seed = plan.talker.seed if plan.talker is not None else None
             row.voice = Qwen25Voice(self.renderer, speaker, seed=seed)
-            assert isinstance(self.talker, Qwen25Talker)
-            self.talker.feeds[row.slot] = ReplyFeed()
         else:
             assert isinstance(self.renderer, CodecRenderer)
             row.voice = Qwen3Voice(self.renderer)
-            assert isinstance(self.talker, Qwen3Talker)
-            self.talker.feeds[row.slot] = TextFeed()
-            if row.text_done:
-                self.talker.feeds[row.slot].ended = True
+        assert self.talker is not None
+        row.feed = TextFeed(end=self.talker.text_end, pad=self.talker.text_pad)
+        row.feed.ended = row.text_done
 
     def _can_start_talker(self, row: Row) -> bool:
         if self.family == "qwen2.5-omni":
@@ -375,8 +395,8 @@ class Scheduler:
         talker = self.talker
         if not isinstance(talker, Qwen3Talker) or not row.talker_started:
             return
-        if len(row.answer) > row.fed:
-            talker.feeds[row.slot].parts.extend(talker.project(row.answer[row.fed :]))
+        if len(row.answer) > row.fed and row.feed is not None:
+            row.feed.parts.extend(talker.project(row.answer[row.fed :]))
             row.fed = len(row.answer)
 
     def _talker_prefills(self) -> bool:
@@ -434,11 +454,10 @@ class Scheduler:
         )
         row.prefill = None
         row.fed = 1
+        assert row.feed is not None
         if rest:
-            self.talker.feeds[row.slot].parts.extend(self.talker.project(rest))
+            row.feed.parts.extend(self.talker.project(rest))
         self._feed_qwen3(row)
-        if row.text_done:
-            self.talker.feeds[row.slot].ended = True
         sampler.assign(row.slot, plan.talker)
         seed = plan.talker.seed
         predictor = _replace(
@@ -493,14 +512,15 @@ class Scheduler:
         rows = [
             r for r in self.rows
             if r is not None and r.talker_started and not r.talker_done and not r.request.gone
-            and r.pending is not None and talker.feeds[r.slot].ready() and not self._paused(r)
+            and r.pending is not None and r.feed is not None and r.feed.ready()
+            and not self._paused(r)
         ]  # fmt: skip
         if not rows:
             return False
         slots = [r.slot for r in rows]
         try:
             if isinstance(talker, Qwen25Talker):
-                logits = talker.step({r.slot: r.pending for r in rows})
+                logits = talker.step({r.slot: (r.pending, _next(r)) for r in rows})
                 codes = self.speech_sampler.pick(logits, slots)
                 self.steps += 1
                 for row, code in zip(rows, codes, strict=True):
@@ -516,7 +536,7 @@ class Scheduler:
                 row.request.codes.append(frame)
                 # Plain ints: the vocoder thread reads them on its own CUDA stream.
                 self.vocoder.add(row.request, row.voice, [frame])
-            logits, hidden = talker.step({r.slot: sums[r.slot] for r in rows})
+            logits, hidden = talker.step({r.slot: sums[r.slot] + _next(r) for r in rows})
             self.steps += 1
             for row, code in zip(rows, self.speech_sampler.pick(logits, slots), strict=True):
                 self._qwen3_code(row, code, hidden[row.slot])
@@ -594,6 +614,11 @@ class Scheduler:
                 return True
             time.sleep(0.005)
         return self.idle()
+
+
+def _next(row: Row) -> Any:
+    assert row.feed is not None
+    return row.feed.next()
 
 
 def _index(slots: list[int], like: Any) -> Any:

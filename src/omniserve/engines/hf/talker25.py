@@ -11,23 +11,10 @@ and its codes are the ones ``generate`` would produce from the same text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from omniserve.engines.hf.graphs import StepRunner, buckets, decode_kernels
-from omniserve.engines.hf.kvcache import SlotCache, kv_geometry, layer_devices, step_mask
-
-
-@dataclass
-class ReplyFeed:
-    """The text a talker row speaks: one entry per generated text token after the first."""
-
-    parts: list[Any] = field(default_factory=list)  # [hidden] tensors not yet consumed
-    ended: bool = False  # the thinker is done: the text end, then padding, follow the parts
-    end_sent: bool = False
-
-    def ready(self) -> bool:
-        return bool(self.parts) or self.ended
+from omniserve.engines.hf.kvcache import DecoderSlots, step_mask
 
 
 class Qwen25Talker:
@@ -45,21 +32,10 @@ class Qwen25Talker:
         self.vocab = int(config.vocab_size)
         self.device = self.codec_embed.weight.device
         self.dtype = self.codec_embed.weight.dtype
-        kv_heads, head_dim = kv_geometry(config)
-        layers = self.talker.model.layers
-        self.cache = SlotCache(
-            layers=len(layers),
-            slots=slots,
-            kv_heads=kv_heads,
-            head_dim=head_dim,
-            capacity=capacity,
-            dtype=self.dtype,
-            devices=layer_devices(layers),
+        self.slots = DecoderSlots(
+            self.talker.model.layers, config, slots=slots, capacity=capacity, dtype=self.dtype
         )
-        self.slots, self.capacity = slots, capacity
-        self.lengths = [0] * slots
-        self.deltas = [0] * slots
-        self.feeds: dict[int, ReplyFeed] = {}
+        self.cache = self.slots.cache
         thinker_config = model.config.thinker_config
         self.media_tokens = [
             int(getattr(thinker_config, name))
@@ -147,56 +123,36 @@ class Qwen25Talker:
             use_cache=True,
         )
         logits = self.talker.codec_head(out.last_hidden_state[:, -1]).float()[0]
-        self.lengths[slot] = self.cache.load(slot, cache)
-        self.deltas[slot] = int(deltas.reshape(-1)[0])
-        if self.lengths[slot] != length + 2:
+        if self.slots.hold(slot, cache, int(deltas.reshape(-1)[0])) != length + 2:
             raise RuntimeError("talker prompt length mismatch")
         return logits
 
     def free(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self.deltas[slot] = 0
-        self.feeds.pop(slot, None)
+        self.slots.free(slot)
 
     # -- decode --------------------------------------------------------------------------
 
-    def next_part(self, slot: int) -> Any:
-        """The text entry of this slot's next step (its feed must be ready)."""
-        feed = self.feeds[slot]
-        if feed.parts:
-            return feed.parts.pop(0)
-        if not feed.end_sent:
-            feed.end_sent = True
-            return self.text_end
-        return self.text_pad
-
-    def step(self, codes: dict[int, int]) -> Any:
-        """One code per row in ``codes`` (slot -> last code); logits [batch, vocab]."""
+    def step(self, rows: dict[int, tuple[int, Any]]) -> Any:
+        """One step for each slot in ``rows`` (slot -> its last code and the text it reads
+        next); logits [batch, vocab], row ``i`` being slot ``i``."""
         import torch
 
-        rows = max(codes) + 1
-        batch, span = self.runner.shape(rows, max(self.lengths[s] for s in codes) + 1)
-        hidden = self.text_end.shape[-1]
+        batch, span = self.runner.shape(max(rows) + 1, self.slots.span(rows))
         ids = [0] * batch
-        write = [0] * batch
-        rope = [0] * batch
-        parts = torch.zeros(batch, hidden, dtype=self.dtype, device=self.device)
-        for slot in range(batch):
-            write[slot] = min(self.lengths[slot], self.capacity - 1)
-            rope[slot] = write[slot] + self.deltas[slot]
-            if slot in codes:
-                ids[slot] = codes[slot]
-                parts[slot] = self.next_part(slot)
+        parts = torch.zeros(batch, self.text_end.shape[-1], dtype=self.dtype, device=self.device)
+        for slot, (code, part) in rows.items():
+            ids[slot] = code
+            parts[slot] = part
+        write, rope = self.slots.positions(batch, self.device)
         out = self.runner(
             batch,
             span,
             ids=torch.tensor(ids, dtype=torch.long, device=self.device),
             parts=parts,
-            write=torch.tensor(write, dtype=torch.long, device=self.device),
-            rope=torch.tensor(rope, dtype=torch.long, device=self.device),
+            write=write,
+            rope=rope,
         )
-        for slot in codes:
-            self.lengths[slot] += 1
+        self.slots.advance(rows)
         return out["logits"]
 
     def _step(self, *, span: int, ids: Any, parts: Any, write: Any, rope: Any) -> dict[str, Any]:

@@ -14,27 +14,14 @@ beforehand from each request's own generator) is one fixed-shape step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from omniserve.engines.hf.graphs import StepRunner, buckets, decode_kernels
-from omniserve.engines.hf.kvcache import SlotCache, kv_geometry, layer_devices, step_mask
+from omniserve.engines.hf.kvcache import DecoderSlots, step_mask
 
 # The code predictor samples with these (as transformers' Qwen3-Omni talker does).
 PREDICTOR_TOP_K = 50
 PREDICTOR_TOP_P = 0.8
-
-
-@dataclass
-class TextFeed:
-    """The answer's text as the talker consumes it: one projected embedding per step."""
-
-    parts: list[Any] = field(default_factory=list)
-    ended: bool = False
-    end_sent: bool = False
-
-    def ready(self) -> bool:
-        return bool(self.parts) or self.ended
 
 
 class Qwen3Talker:
@@ -57,32 +44,22 @@ class Qwen3Talker:
         self.device = self.codec_embed.weight.device
         self.dtype = self.codec_embed.weight.dtype
         self.hidden_size = int(talker_config.text_config.hidden_size)
-        kv_heads, head_dim = kv_geometry(talker_config.text_config)
-        layers = self.talker.model.layers
-        self.cache = SlotCache(
-            layers=len(layers),
+        self.slots = DecoderSlots(
+            self.talker.model.layers,
+            talker_config.text_config,
             slots=slots,
-            kv_heads=kv_heads,
-            head_dim=head_dim,
             capacity=capacity,
             dtype=self.dtype,
-            devices=layer_devices(layers),
         )
-        p_heads, p_dim = kv_geometry(talker_config.code_predictor_config)
-        p_layers = self.predictor.model.layers
-        self.predictor_cache = SlotCache(
-            layers=len(p_layers),
+        self.cache = self.slots.cache
+        # Every row's frame starts at position 0: the predictor's slots never outlive a step.
+        self.predictor_cache = DecoderSlots(
+            self.predictor.model.layers,
+            talker_config.code_predictor_config,
             slots=slots,
-            kv_heads=p_heads,
-            head_dim=p_dim,
             capacity=self.groups + 1,
             dtype=self.dtype,
-            devices=layer_devices(p_layers),
-        )
-        self.slots, self.capacity = slots, capacity
-        self.lengths = [0] * slots
-        self.deltas = [0] * slots
-        self.feeds: dict[int, TextFeed] = {}
+        ).cache
         self.media_tokens = [
             int(getattr(config.thinker_config, name))
             for name in ("audio_token_id", "image_token_id", "video_token_id")
@@ -93,7 +70,7 @@ class Qwen3Talker:
                 device=self.text_embed.weight.device,
             )
             projected = self.talker.text_projection(self.text_embed(special)).to(self.device)
-            self.tts_bos, self.tts_eos, self.tts_pad = projected[0].to(self.dtype)
+            self.tts_bos, self.text_end, self.text_pad = projected[0].to(self.dtype)
         temperature = getattr(self.predictor.generation_config, "temperature", None)
         self.predictor_temperature = float(temperature or 1.0)
         self.runner = StepRunner(
@@ -192,7 +169,7 @@ class Qwen3Talker:
             device=self.device,
         )
         text = torch.cat(
-            [head_text, self.tts_pad.expand(4, -1), self.tts_bos.view(1, -1), first.view(1, -1)]
+            [head_text, self.text_pad.expand(4, -1), self.tts_bos.view(1, -1), first.view(1, -1)]
         )
         codec = torch.cat(
             [torch.zeros(3, self.hidden_size, device=self.device, dtype=self.dtype),
@@ -211,8 +188,7 @@ class Qwen3Talker:
         )
         last = out.last_hidden_state[0, -1]
         logits = self.talker.codec_head(last).float()
-        self.lengths[slot] = self.cache.load(slot, cache)
-        self.deltas[slot] = delta
+        self.slots.hold(slot, cache, delta)
         return logits, last, stream[4:]
 
     def _positions(self, talker_ids: Any, tensors: dict[str, Any]) -> tuple[Any, int]:
@@ -242,20 +218,9 @@ class Qwen3Talker:
         return torch.cat([text, vision.to(self.device)]), int(deltas.reshape(-1)[0])
 
     def free(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self.deltas[slot] = 0
-        self.feeds.pop(slot, None)
+        self.slots.free(slot)
 
     # -- decode --------------------------------------------------------------------------
-
-    def next_part(self, slot: int) -> Any:
-        feed = self.feeds[slot]
-        if feed.parts:
-            return feed.parts.pop(0)
-        if not feed.end_sent:
-            feed.end_sent = True
-            return self.tts_eos
-        return self.tts_pad
 
     def predict(self, rows: dict[int, tuple[int, Any]], noise: Any, sample: Any) -> tuple[Any, Any]:
         """The rest of each row's frame: rows maps slot -> (group-0 code, talker hidden).
@@ -328,29 +293,18 @@ class Qwen3Talker:
         return torch.where(sample, drawn, greedy)
 
     def step(self, embeds: dict[int, Any]) -> tuple[Any, Any]:
-        """One talker step for the rows in ``embeds`` (slot -> its frame's summed code
-        embeddings); (logits [batch, vocab], last hidden [batch, hidden])."""
+        """One talker step for the slots in ``embeds`` (slot -> its input: the frame's summed
+        code embeddings plus the text it reads next); (logits [batch, vocab], last hidden
+        [batch, hidden]), row ``i`` being slot ``i``."""
         import torch
 
-        rows = max(embeds) + 1
-        batch, span = self.runner.shape(rows, max(self.lengths[s] for s in embeds) + 1)
+        batch, span = self.runner.shape(max(embeds) + 1, self.slots.span(embeds))
         inputs = torch.zeros(batch, self.hidden_size, dtype=self.dtype, device=self.device)
-        write = [0] * batch
-        rope = [0] * batch
-        for slot in range(batch):
-            write[slot] = min(self.lengths[slot], self.capacity - 1)
-            rope[slot] = write[slot] + self.deltas[slot]
-            if slot in embeds:
-                inputs[slot] = embeds[slot] + self.next_part(slot)
-        out = self.runner(
-            batch,
-            span,
-            embeds=inputs,
-            write=torch.tensor(write, dtype=torch.long, device=self.device),
-            rope=torch.tensor(rope, dtype=torch.long, device=self.device),
-        )
-        for slot in embeds:
-            self.lengths[slot] += 1
+        for slot, embed in embeds.items():
+            inputs[slot] = embed
+        write, rope = self.slots.positions(batch, self.device)
+        out = self.runner(batch, span, embeds=inputs, write=write, rope=rope)
+        self.slots.advance(embeds)
         return out["logits"], out["hidden"]
 
     def _step(self, *, span: int, embeds: Any, write: Any, rope: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omniserve.engines.hf.graphs import StepRunner, buckets, decode_kernels
-from omniserve.engines.hf.kvcache import SlotCache, kv_geometry, layer_devices, step_mask
+from omniserve.engines.hf.kvcache import DecoderSlots, step_mask
 
 
 @dataclass
@@ -47,20 +47,11 @@ class ThinkerStage:
         self.vocab = int(config.vocab_size)
         self.device = self.embed.weight.device
         self.dtype = self.embed.weight.dtype
-        kv_heads, head_dim = kv_geometry(config)
-        layers = self.text_model.layers
-        self.cache = SlotCache(
-            layers=len(layers),
-            slots=slots,
-            kv_heads=kv_heads,
-            head_dim=head_dim,
-            capacity=capacity,
-            dtype=self.dtype,
-            devices=layer_devices(layers),
+        self.slots = DecoderSlots(
+            self.text_model.layers, config, slots=slots, capacity=capacity, dtype=self.dtype
         )
-        self.slots, self.capacity = slots, capacity
-        self.lengths = [0] * slots  # positions held per slot
-        self.deltas = [0] * slots
+        self.cache = self.slots.cache
+        self.capacity = capacity
         self.runner = StepRunner(
             "thinker",
             self._step,
@@ -96,8 +87,7 @@ class ThinkerStage:
         )
         last = out.last_hidden_state[0]
         logits = self.thinker.lm_head(last[-1:]).float()[0]
-        self.cache.load(slot, cache)
-        self.lengths[slot], self.deltas[slot] = length, delta
+        self.slots.hold(slot, cache, delta)
         del cache
         return ThinkerPrefill(
             logits=logits,
@@ -132,8 +122,11 @@ class ThinkerStage:
         return torch.cat([text, vision.to(text.device)], dim=0), int(deltas.reshape(-1)[0])
 
     def free(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self.deltas[slot] = 0
+        self.slots.free(slot)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.slots.lengths
 
     # -- decode --------------------------------------------------------------------------
 
@@ -142,25 +135,17 @@ class ThinkerStage:
         input embeddings [batch, hidden]), row ``i`` being slot ``i``."""
         import torch
 
-        rows = max(tokens) + 1
-        span_needed = max(self.lengths[s] for s in tokens) + 1
-        batch, span = self.runner.shape(rows, span_needed)
-        ids = [0] * batch
-        write = [0] * batch
-        rope = [0] * batch
-        for slot in range(batch):
-            write[slot] = min(self.lengths[slot], self.capacity - 1)
-            rope[slot] = write[slot] + self.deltas[slot]
-            if slot in tokens:
-                ids[slot] = tokens[slot]
-        inputs = {
-            "ids": torch.tensor(ids, dtype=torch.long, device=self.device),
-            "write": torch.tensor(write, dtype=torch.long, device=self.device),
-            "rope": torch.tensor(rope, dtype=torch.long, device=self.device),
-        }
-        out = self.runner(batch, span, **inputs)
-        for slot in tokens:
-            self.lengths[slot] += 1
+        batch, span = self.runner.shape(max(tokens) + 1, self.slots.span(tokens))
+        ids = [tokens.get(slot, 0) for slot in range(batch)]
+        write, rope = self.slots.positions(batch, self.device)
+        out = self.runner(
+            batch,
+            span,
+            ids=torch.tensor(ids, dtype=torch.long, device=self.device),
+            write=write,
+            rope=rope,
+        )
+        self.slots.advance(tokens)
         return out["logits"], out["hidden"], out["embeds"]
 
     def _step(self, *, span: int, ids: Any, write: Any, rope: Any) -> dict[str, Any]:
