@@ -450,7 +450,7 @@ def run_family(
         if scheduler.talker is not None:
             per_slot += scheduler.talker.cache.bytes_per_slot
         out["kv_per_request_gib"] = gib(per_slot)
-        out["graphs"] = sum(len(r.graphs) for r in _runners(scheduler))
+        out["graphs"] = sum(len(r.graphs) for r, _ in scheduler.runners())
         if cuda:
             out["memory_after_start_gib"] = gib(torch.cuda.max_memory_allocated())
         print(
@@ -488,18 +488,6 @@ def run_family(
         out["vocoder"] = vocoder_cost(engine, family, codes)
     out["levels"] = [summarize(lv) for lv in levels.values()]
     return out
-
-
-def _runners(scheduler: Any) -> list[Any]:
-    runners = [scheduler.thinker.runner]
-    talker = scheduler.talker
-    if talker is not None:
-        runners.append(talker.runner)
-        if hasattr(talker, "predictor_runner"):
-            runners.append(talker.predictor_runner)
-    if scheduler.renderer is not None:
-        runners.append(scheduler.renderer.runner)
-    return runners
 
 
 def summarize(lv: Level) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from omniserve.engines.hf.options import (
 from omniserve.engines.hf.prompt import ModelInputs, build_inputs
 from omniserve.engines.hf.request import Plan, Request
 from omniserve.engines.hf.scheduler import Scheduler
-from omniserve.engines.hf.warmup import warm_up
+from omniserve.engines.hf.warmup import capture_graphs, warm_up
 from omniserve.engines.inputs import AudioInput
 from omniserve.errors import (
     ApiError,
@@ -207,7 +207,7 @@ class TransformersEngine:
             )
             if self.settings.cuda_graphs and str(loaded.device).startswith("cuda"):
                 began = time.perf_counter()
-                scheduler.capture_graphs(self.console)
+                capture_graphs(scheduler, self.console)
                 log.info("CUDA graphs captured in %.1f s", time.perf_counter() - began)
         return scheduler
 

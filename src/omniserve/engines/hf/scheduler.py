@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from omniserve.engines.hf.graphs import StepRunner
 from omniserve.engines.hf.loader import LoadedModel
 from omniserve.engines.hf.render import CodecRenderer, DitRenderer, DitSettings
 from omniserve.engines.hf.reply import ReplyText
@@ -566,43 +567,16 @@ class Scheduler:
 
     # -- start-up ------------------------------------------------------------------------
 
-    def capture_graphs(self, console: Any) -> None:
-        """Capture every decode step as CUDA graphs (before any request is admitted)."""
-        import torch
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        runners = [(self.thinker.runner, self.thinker.example)]
-        if isinstance(self.talker, Qwen25Talker):
+    def runners(self) -> list[tuple[StepRunner, Any]]:
+        """Every captured step with its example inputs: decode steps, then vocoder windows."""
+        runners: list[tuple[StepRunner, Any]] = [(self.thinker.runner, self.thinker.example)]
+        if self.talker is not None:
             runners.append((self.talker.runner, self.talker.example))
-        elif isinstance(self.talker, Qwen3Talker):
-            runners.append((self.talker.runner, self.talker.example))
+        if isinstance(self.talker, Qwen3Talker):
             runners.append((self.talker.predictor_runner, self.talker.predictor_example))
-        total = sum(runner.shapes for runner, _ in runners)
-        pool = torch.cuda.graph_pool_handle()
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(
-                f"{self.loaded.info.source}: capturing decode steps as CUDA graphs", total=total
-            )
-            for runner, example in runners:
-                runner.capture(example, pool, on_done=lambda: progress.advance(task))
-            if self.renderer is not None:
-                # The vocoder replays on its own stream: its graphs keep a pool of their own.
-                vocoder = self.renderer.runner
-                speech = progress.add_task(
-                    f"{self.loaded.info.source}: capturing vocoder windows", total=vocoder.shapes
-                )
-                vocoder.capture(
-                    self.renderer.example,
-                    torch.cuda.graph_pool_handle(),
-                    on_done=lambda: progress.advance(speech),
-                )
-        torch.cuda.synchronize()
+        if self.renderer is not None:
+            runners.append((self.renderer.runner, self.renderer.example))
+        return runners
 
     def idle(self) -> bool:
         return self.running == 0 and not self.waiting and self.vocoder.pending == 0

@@ -1,8 +1,9 @@
-"""One short request through every stage of a checkpoint before the server opens its port.
+"""What happens to a checkpoint before the server opens its port.
 
 The first pass through a model pays for kernel selection, library handles and allocator growth;
-a user should not. The warm-up request runs the prompt, text steps, the talker (and code
-predictor), and the vocoder once, with its lengths pinned, and prints how long it took.
+a user should not. On a GPU every decode step and vocoder window is captured as CUDA graphs
+(with a progress bar), then one short request runs the prompt, text steps, the talker (and code
+predictor) and the vocoder once, with its lengths pinned, and the server prints how long it took.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from omniserve.engines.hf.request import Request
 
 if TYPE_CHECKING:
     from omniserve.engines.hf.engine import TransformersEngine
+    from omniserve.engines.hf.scheduler import Scheduler
 
 # Speech codes that reach the vocoder's first chunk (Qwen2.5: 24 + 12 look-ahead at 50 Hz;
 # Qwen3: 4 frames at 12.5 Hz), and a few text tokens.
@@ -67,3 +69,32 @@ async def warm_up(engine: TransformersEngine, key: str, *, console: Any) -> floa
     spoke = f", {audio / 48000:.2f} s of speech" if plan.talker is not None else ""
     console.print(f"warmed up {loaded.info.source}: every stage ran once in {took:.1f} s{spoke}")
     return took
+
+
+def capture_graphs(scheduler: Scheduler, console: Any) -> None:
+    """Capture every step of ``scheduler`` as CUDA graphs (before any request is admitted).
+
+    The decode steps run one after the other on one stream and share one memory pool; the
+    vocoder replays on a stream of its own, so its windows keep a pool of their own.
+    """
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    runners = scheduler.runners()
+    vocoder = scheduler.renderer.runner if scheduler.renderer is not None else None
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    source = scheduler.loaded.info.source
+    steps, speech = torch.cuda.graph_pool_handle(), torch.cuda.graph_pool_handle()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(
+            f"{source}: capturing CUDA graphs", total=sum(r.shapes for r, _ in runners)
+        )
+        for runner, example in runners:
+            pool = speech if runner is vocoder else steps
+            runner.capture(example, pool, on_done=lambda: progress.advance(task))
+    torch.cuda.synchronize()
