@@ -506,6 +506,11 @@ def test_every_decode_step_is_free_of_host_syncs(loaded: Any, family: str) -> No
             assert all(torch.isfinite(v.float()).all() for v in out.values())
         with pytest.raises(HostSyncError), no_host_sync():
             torch.ones(2).sum().item()
+        repeats, mask = torch.tensor([1, 2]), torch.ones(3) > 0
+        with pytest.raises(HostSyncError, match="repeat_interleave"), no_host_sync():
+            torch.ones(2).repeat_interleave(repeats)
+        with pytest.raises(HostSyncError, match="boolean mask"), no_host_sync():
+            torch.ones(3)[mask]
 
 
 def test_warm_up_and_requests_through_the_engine(tiny: Any, family: str) -> None:

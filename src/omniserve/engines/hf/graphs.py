@@ -206,6 +206,10 @@ def no_host_sync() -> Iterator[None]:
         ) -> Any:
             if func in forbidden:
                 raise HostSyncError(f"{getattr(func, '__name__', func)} in a captured step")
+            if func in (torch.repeat_interleave, torch.Tensor.repeat_interleave):
+                repeats = args[1] if len(args) > 1 else (kwargs or {}).get("repeats")
+                if isinstance(repeats, torch.Tensor):
+                    raise HostSyncError("repeat_interleave by a tensor in a captured step")
             if func is torch.Tensor.__getitem__ or func is torch.Tensor.__setitem__:
                 index = args[1] if len(args) > 1 else None
                 for part in index if isinstance(index, tuple) else (index,):
