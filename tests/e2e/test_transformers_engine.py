@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import threading
 import time
@@ -419,3 +420,71 @@ def test_an_unknown_generate_option_is_refused_at_start(tiny_dirs: dict[str, Pat
     settings = _settings(models, generate_kwargs={"thinker_no_such_option": 1})
     with pytest.raises(CheckpointError, match="thinker_no_such_option"):
         TransformersEngine(settings.transformers, Catalog.default(), chunk_bytes=4800)
+
+
+# -- several requests at once, speech with the text ----------------------------------------
+
+LONG_TEXT = {QWEN25: 200, QWEN3: 120}
+
+
+@pytest.fixture(scope="module", params=[QWEN25, QWEN3])
+def talkative(
+    request: pytest.FixtureRequest, tiny_dirs: dict[str, Path]
+) -> Iterator[tuple[str, LiveServer]]:
+    """Long pinned replies with speech, four slots."""
+    family: str = request.param
+    models = [{"name": NAMES[family], "checkpoint": str(tiny_dirs[family])}]
+    kwargs = {
+        **GENERATE[family],
+        "thinker_min_new_tokens": LONG_TEXT[family],
+        "talker_max_new_tokens": 400,
+    }
+    with live_server(_settings(models, generate_kwargs=kwargs, max_batch=4)) as server:
+        yield family, server
+
+
+def _audio_stream(server: LiveServer, body: dict[str, Any]) -> dict[str, int]:
+    """Text and audio chunks of one stream, and whether it ended with [DONE]."""
+    out = {"text": 0, "audio": 0, "done": 0}
+    with httpx.stream("POST", f"{server.api}/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                out["done"] = 1
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            delta = chunk["choices"][0]["delta"] if chunk.get("choices") else {}
+            out["text"] += bool(delta.get("content"))
+            out["audio"] += bool((delta.get("audio") or {}).get("data"))
+    return out
+
+
+def test_requests_are_decoded_together_over_http(
+    talkative: tuple[str, LiveServer],
+) -> None:
+    family, server = talkative
+    scheduler = _scheduler(server)
+    body = {
+        "model": NAMES[family],
+        "messages": _user("Tell me a story."),
+        "stream": True,
+        "modalities": ["text", "audio"],
+        "audio": {"voice": VOICES[family], "format": "wav"},
+        "max_tokens": LONG_TEXT[family],
+    }
+    most = 0
+    results: list[dict[str, int]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(_audio_stream(server, body)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        most = max(most, scheduler.running)
+        time.sleep(0.002)
+    assert len(results) == 3
+    assert most >= 2, "the requests were not decoded together"
+    for result in results:
+        assert result["done"] and result["text"] > 10 and result["audio"] > 0

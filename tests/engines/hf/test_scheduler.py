@@ -336,6 +336,9 @@ def test_speech_alone_and_batched_equals_generate(
             assert request.codes == want
             done = finished(events)
             assert done.usage.completion.audio == len(want) > 0
+            # The talker starts on the first answer token, not after the last.
+            assert request.tokens_before_speech is not None
+            assert request.tokens_before_speech <= 3 < len(text) or len(text) <= 3
             audio = b"".join(e.pcm for e in events if isinstance(e, AudioDelta))
             assert len(audio) > 0 and len(audio) % 2 == 0
             assert not any(isinstance(e, BaseException) for e in events)

@@ -67,6 +67,7 @@ class Request:
         # included) and speech codes (one int per Qwen2.5 code, one list per Qwen3 frame).
         self.tokens: list[int] = []
         self.codes: list[Any] = []
+        self.tokens_before_speech: int | None = None  # text tokens made when the first code was
 
     # -- out -----------------------------------------------------------------------------
 

@@ -478,6 +478,7 @@ class Scheduler:
         if code in sampling.eos:
             self._end_speech(row)
             return
+        self._first_code(row)
         row.codes += 1
         row.request.codes.append(code)
         self.vocoder.add(row.request, row.voice, [code])
@@ -485,6 +486,11 @@ class Scheduler:
             self._end_speech(row)
             return
         row.pending = code
+
+    @staticmethod
+    def _first_code(row: Row) -> None:
+        if row.request.tokens_before_speech is None:
+            row.request.tokens_before_speech = len(row.request.tokens)
 
     def _qwen3_code(self, row: Row, code: int, hidden: Any) -> None:
         sampling = row.request.plan.talker
@@ -496,6 +502,7 @@ class Scheduler:
             # generate() drops the frame of a last code it never fed back.
             self._end_speech(row)
             return
+        self._first_code(row)
         row.pending = (code, hidden.clone())
 
     def _end_speech(self, row: Row) -> None:
