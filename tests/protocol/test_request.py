@@ -150,6 +150,13 @@ def test_malformed_json(raw: bytes, message: str) -> None:
     assert err.param is None
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_number_constants_are_refused(constant: str) -> None:
+    raw = f'{{"model": "m", "messages": [], "repetition_penalty": {constant}}}'.encode()
+    with pytest.raises(InvalidParameter, match=f"{constant} is not a JSON value"):
+        parse_chat_request(raw)
+
+
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null", b"true"])
 def test_body_must_be_an_object(raw: bytes) -> None:
     assert refusal(raw).message == "Request body must be a JSON object."

@@ -204,11 +204,13 @@ def test_stop_normalization(stop: str | list[str] | None, expected: tuple[str, .
         ("temperature", -0.1, "Range of temperature should be [0.0, 2.0)"),
         ("top_p", 0.0, "Range of top_p should be (0.0, 1.0]"),
         ("top_p", 1.01, "Range of top_p should be (0.0, 1.0]"),
-        ("top_k", -1, "Range of top_k should be [0, inf)"),
+        ("top_k", -1, "Range of top_k should be [0, 2147483647]"),
+        ("top_k", 2**31, "Range of top_k should be [0, 2147483647]"),
         ("seed", -1, "Range of seed should be [0, 2147483647]"),
         ("seed", 2**31, "Range of seed should be [0, 2147483647]"),
         ("presence_penalty", 2.5, "Range of presence_penalty should be [-2.0, 2.0]"),
-        ("repetition_penalty", 0.0, "Range of repetition_penalty should be (0.0, inf)"),
+        ("repetition_penalty", 0.0, "Range of repetition_penalty should be (0.0, 2.0]"),
+        ("repetition_penalty", 2.5, "Range of repetition_penalty should be (0.0, 2.0]"),
     ],
 )
 def test_sampling_ranges(field: str, value: float, message: str) -> None:
@@ -216,6 +218,26 @@ def test_sampling_ranges(field: str, value: float, message: str) -> None:
     assert isinstance(err, InvalidParameter)
     assert err.message == message
     assert err.param == field
+
+
+@pytest.mark.parametrize(
+    "field", ["temperature", "top_p", "presence_penalty", "repetition_penalty"]
+)
+@pytest.mark.parametrize("number", ["1e309", "-1e309"])
+def test_numbers_beyond_a_float_are_out_of_range(field: str, number: str) -> None:
+    """JSON's 1e309 reads as infinity: every float field refuses it (a NaN as well: its
+    bounds are written so that every comparison with NaN fails)."""
+    body = (
+        '{"model": "qwen3-omni-flash", "stream": true, '
+        f'"messages": [{{"role": "user", "content": "hi"}}], "{field}": {number}}}'
+    )
+    with pytest.raises(InvalidParameter, match=f"Range of {field}"):
+        VALIDATOR.validate(parse_chat_request(body.encode()))
+    nan = parse_chat_request(b'{"model": "m", "messages": []}').model_copy(
+        update={field: float("nan")}
+    )
+    with pytest.raises(InvalidParameter, match=f"Range of {field}"):
+        VALIDATOR._sampling(nan)
 
 
 def test_prompt_tokens_with_audio_output() -> None:

@@ -188,18 +188,19 @@ class RequestValidator:
         def bad(name: str, rng: str) -> InvalidParameter:
             return InvalidParameter(f"Range of {name} should be {rng}", param=name)
 
+        # Every bound is written so that NaN fails it too (every comparison with NaN is false).
         if req.temperature is not None and not 0 <= req.temperature < 2:
             raise bad("temperature", "[0.0, 2.0)")
         if req.top_p is not None and not 0 < req.top_p <= 1:
             raise bad("top_p", "(0.0, 1.0]")
-        if req.top_k is not None and req.top_k < 0:
-            raise bad("top_k", "[0, inf)")
+        if req.top_k is not None and not 0 <= req.top_k <= _SEED_MAX:
+            raise bad("top_k", f"[0, {_SEED_MAX}]")
         if req.seed is not None and not 0 <= req.seed <= _SEED_MAX:
             raise bad("seed", f"[0, {_SEED_MAX}]")
         if req.presence_penalty is not None and not -2 <= req.presence_penalty <= 2:
             raise bad("presence_penalty", "[-2.0, 2.0]")
-        if req.repetition_penalty is not None and req.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "(0.0, inf)")
+        if req.repetition_penalty is not None and not 0 < req.repetition_penalty <= 2:
+            raise bad("repetition_penalty", "(0.0, 2.0]")
         stop: tuple[str, ...] = ()
         if isinstance(req.stop, str):
             stop = (req.stop,) if req.stop else ()
