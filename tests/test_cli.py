@@ -103,6 +103,20 @@ def test_serve_refuses_to_start_without_espeak() -> None:
     assert "Traceback" not in result.output
 
 
+def test_serve_warns_of_an_omniserve_variable_that_is_not_a_setting() -> None:
+    result = runner.invoke(
+        app,
+        ["serve", "--port", "1"],
+        env={
+            "OMNISERVE_DATA_DIR": "/srv/omniserve",
+            "OMNISERVE_SPEECH__ESPEAK_PATH": "/nonexistent/espeak-ng",  # stop before serving
+        },
+    )
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "OMNISERVE_DATA_DIR is not a setting and is ignored" in said
+    assert "did you mean OMNISERVE_ACCOUNTS__DATA_DIR?" in said
+
+
 def test_serve_open_weights_that_are_not_there_is_one_clear_line(tmp_path: Path) -> None:
     missing = tmp_path / "Qwen2.5-Omni-7B"
     result = runner.invoke(app, ["serve", "--port", "1", "--model", str(missing)])

@@ -224,3 +224,25 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_settings_is_the_one_type() -> None:
     assert isinstance(load_settings(), Settings)
+
+
+def test_unknown_environment_variables_name_the_closest_setting() -> None:
+    from omniserve.config import environment_names, unknown_environment
+
+    known = environment_names()
+    assert {"OMNISERVE_PORT", "OMNISERVE_ACCOUNTS__DATA_DIR", "OMNISERVE_TRANSFORMERS"} <= known
+    found = unknown_environment(
+        {
+            "OMNISERVE_DATA_DIR": "/srv",  # a setting's name without its section
+            "OMNISERVE_PROT": "9000",  # a typo
+            "OMNISERVE_ZZZZZZZZZZZZ": "1",  # nothing like any setting
+            "OMNISERVE_PORT": "8001",  # real
+            "omniserve_log_level": "debug",  # real, in any case (as the settings read it)
+            "PATH": "/usr/bin",
+        }
+    )
+    assert found == [
+        ("OMNISERVE_DATA_DIR", "OMNISERVE_ACCOUNTS__DATA_DIR"),
+        ("OMNISERVE_PROT", "OMNISERVE_PORT"),
+        ("OMNISERVE_ZZZZZZZZZZZZ", None),
+    ]

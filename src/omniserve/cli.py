@@ -176,6 +176,7 @@ def serve(
         or None,
     )
     log_config = configure_logging(settings.log_level, settings.log_format)
+    _warn_unknown_environment()
     from omniserve.engines.hf.checkpoint import CheckpointError
     from omniserve.engines.upstream import UpstreamConfigError
 
@@ -206,6 +207,19 @@ def serve(
         timeout_graceful_shutdown=10,
     )
     DrainingServer(server_config, app.state.drain, settings.drain_timeout_s).run()
+
+
+def _warn_unknown_environment() -> None:
+    """A mistyped ``OMNISERVE_*`` variable changes nothing: say so, with the closest real one."""
+    import os
+
+    from omniserve.config import unknown_environment
+
+    for variable, closest in unknown_environment(os.environ):
+        hint = f"; did you mean {closest}?" if closest else ""
+        console.print(
+            f"[yellow]warning:[/yellow] {escape(variable)} is not a setting and is ignored{hint}"
+        )
 
 
 def _check_exposure(settings: Settings) -> None:

@@ -7,6 +7,7 @@ tables in TOML (``[emulator]``). Nothing else in omniserve reads the environment
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -282,4 +283,39 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = value
+    return out
+
+
+ENV_PREFIX = "OMNISERVE_"
+
+
+def environment_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:
+    """Every ``OMNISERVE_*`` variable a setting is read from (sections too, as JSON)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        full = f"{prefix}{name.upper()}"
+        names.add(full)
+        inner = field.annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            names |= environment_names(inner, full + "__")
+    return names
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``OMNISERVE_*`` variables no setting reads, each with the closest real one (or None).
+
+    A variable that names a setting by its own name without its section
+    (``OMNISERVE_DATA_DIR``) is matched to the section that has it."""
+    import difflib
+
+    known = environment_names()
+    out: list[tuple[str, str | None]] = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        leaf = upper.removeprefix(ENV_PREFIX)
+        by_leaf = sorted(k for k in known if k.endswith("__" + leaf))
+        close = by_leaf or difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        out.append((variable, close[0] if close else None))
     return out
