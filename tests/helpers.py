@@ -239,3 +239,28 @@ async def burst(apis: list[str], secret: str, body: dict[str, Any], n: int) -> l
 
         await asyncio.gather(*(one(apis[i % len(apis)]) for i in range(n)))
         return statuses
+
+
+# -- /metrics -----------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(server: LiveServer | str, secret: str | None = None) -> Samples:
+    """Every sample /metrics serves, by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = server if isinstance(server, str) else server.base_url
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    resp = httpx.get(f"{base}/metrics", headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain")
+    out: Samples = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

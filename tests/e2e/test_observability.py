@@ -12,29 +12,17 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import LiveServer, chat_body, fast_settings, live_server, serving
+from helpers import (
+    LiveServer,
+    chat_body,
+    fast_settings,
+    live_server,
+    scrape,
+    serving,
+    value,
+)
 from omniserve.logs import JsonFormatter, TextFormatter
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(server: LiveServer | str, secret: str | None = None) -> Samples:
-    base = server if isinstance(server, str) else server.base_url
-    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
-    resp = httpx.get(f"{base}/metrics", headers=headers)
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"].startswith("text/plain")
-    out: Samples = {}
-    for family in text_string_to_metric_families(resp.text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def stream(server: LiveServer, body: dict[str, Any], secret: str | None = None) -> httpx.Response:

@@ -6,6 +6,7 @@ import re
 import uuid
 
 from fastapi import APIRouter, Depends, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from omniserve.accounts.admission import Accounts, Caller
@@ -21,22 +22,23 @@ from omniserve.service import ChatService
 router = APIRouter()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes ``limit`` bytes (not after reading it all)."""
+async def read_body(request: Request, limit: int, into: bytearray | None = None) -> bytes:
+    """The body, refused as soon as it passes ``limit`` bytes (not after reading it all).
+    ``into`` holds what arrived, also when the client leaves before the end."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
+    received = into if into is not None else bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(received) + len(chunk) > limit:
             raise PayloadTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        received += chunk
+    return bytes(received)
 
 
 KEY = Depends(guard("key"))
+# What an answer to a client that left is counted as (nginx's "client closed request").
+CLIENT_CLOSED = 499
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
 
 
@@ -54,12 +56,19 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     drain: Drain = request.app.state.drain
     request_id = str(uuid.uuid4())
     body = b""
+    received = bytearray()
     try:
         if drain.draining:
             raise shutting_down()
-        body = await read_body(request, service.settings.max_request_bytes)
+        body = await read_body(request, service.settings.max_request_bytes, received)
         validated = service.prepare(body, request_id)
         ticket = await accounts.admit(caller, validated.job)
+    except ClientDisconnect:
+        # The client left while sending its body (a flaky upload): nothing to answer.
+        metrics = request.app.state.metrics
+        model = metrics.model(model_named(bytes(received[:4096])))
+        metrics.requests.labels(model, "disconnected").inc()
+        return Response(status_code=CLIENT_CLOSED)
     except ApiError as exc:
         metrics: Metrics = request.app.state.metrics
         metrics.requests.labels(metrics.model(model_named(body)), "refused").inc()
