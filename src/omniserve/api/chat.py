@@ -54,6 +54,7 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     service: ChatService = request.app.state.service
     accounts: Accounts = request.app.state.accounts
     drain: Drain = request.app.state.drain
+    metrics: Metrics = request.app.state.metrics
     request_id = str(uuid.uuid4())
     body = b""
     received = bytearray()
@@ -65,12 +66,10 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
         ticket = await accounts.admit(caller, validated.job)
     except ClientDisconnect:
         # The client left while sending its body (a flaky upload): nothing to answer.
-        metrics = request.app.state.metrics
         model = metrics.model(model_named(bytes(received[:4096])))
         metrics.requests.labels(model, "disconnected").inc()
         return Response(status_code=CLIENT_CLOSED)
     except ApiError as exc:
-        metrics: Metrics = request.app.state.metrics
         metrics.requests.labels(metrics.model(model_named(body)), "refused").inc()
         metrics.error(exc.code)
         return error_response(exc, request_id)
