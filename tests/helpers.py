@@ -21,6 +21,7 @@ import uvicorn
 
 from omniserve.accounts.admission import Accounts
 from omniserve.api.app import create_app
+from omniserve.api.server import server_config
 from omniserve.config import Settings, load_settings
 from omniserve.engines.base import Engine
 from omniserve.media.resolve import Resolver
@@ -59,12 +60,9 @@ def live_server(
     """Run the app on an ephemeral port in a thread; stop it on exit."""
     service = ChatService(settings or fast_settings(), engine=engine, resolver=resolver)
     app = create_app(service=service)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="on",
+    # The server omniserve runs, on a free port.
+    config = server_config(
+        app, service.settings, host="127.0.0.1", port=0, log_level="warning", lifespan="on"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -136,8 +136,6 @@ def serve(
     """Start the API server."""
     import asyncio
 
-    import uvicorn
-
     from omniserve.api.app import create_app
     from omniserve.protocol.tokens import TokenizerUnavailable
     from omniserve.service import ChatService
@@ -196,17 +194,11 @@ def serve(
     if settings.playground:
         console.print(f"playground on http://{settings.host}:{settings.port}/")
     from omniserve.api.drain import DrainingServer
+    from omniserve.api.server import server_config
 
     app = create_app(service=service)
-    server_config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=log_config,
-        timeout_graceful_shutdown=10,
-    )
-    DrainingServer(server_config, app.state.drain, settings.drain_timeout_s).run()
+    uvicorn_config = server_config(app, settings, log_config=log_config)
+    DrainingServer(uvicorn_config, app.state.drain, settings.drain_timeout_s).run()
 
 
 def _warn_unknown_environment() -> None:

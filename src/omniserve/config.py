@@ -38,6 +38,28 @@ class TimeoutSettings(BaseModel):
     client_s: float = Field(default=60.0, gt=0)
 
 
+class HttpSettings(BaseModel):
+    """What the HTTP server tolerates of a connection before any of it reaches the API
+    (docs/security.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A request's headers must be complete this long after the connection opened (or after
+    # the previous response on a kept-alive connection); slower ones are closed.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # After the first ``body_grace_s``, a body must keep arriving at this many bytes per
+    # second on average (64 MB in 64 s at the default), or it is answered 408.
+    body_min_rate: float = Field(default=1024 * 1024, ge=0)
+    body_grace_s: float = Field(default=10.0, ge=0)
+    # Open connections at most; requests on connections beyond it are answered 503.
+    max_connections: int = Field(default=1024, ge=1)
+    # How long a kept-alive connection may sit idle between requests.
+    keep_alive_s: float = Field(default=5.0, gt=0)
+    # Names a server without API keys answers to beyond localhost and IP addresses
+    # ("*" for any): a web page can point any name it controls at this machine.
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+
 class EmulatorSettings(BaseModel):
     """Pacing of the offline emulator: 0 means as fast as possible (tests, benchmarks)."""
 
@@ -244,6 +266,7 @@ class Settings(BaseSettings):
     # The browser playground at / and /playground (docs/playground.md).
     playground: bool = True
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)

@@ -9,6 +9,8 @@
     │   ├── MissingApiKey          401 no Authorization header
     │   └── MalformedApiKey        401 an Authorization header that is not ``Bearer <key>``
     ├── AccessDenied               403 a key without the admin right on an admin route
+    ├── HostNotAllowed             403 a keyless server asked under a name it does not answer to
+    ├── BodyTooSlow                408 a request body that does not arrive in time
     ├── FreeQuotaExhausted         403 the key's token quota is used up
     ├── ModelNotFound              404 model_not_found
     ├── NotFound                   404 a path that is not part of the API
@@ -91,6 +93,30 @@ class PayloadTooLarge(InvalidParameter):
         super().__init__(f"Request body is larger than the server's limit of {limit} bytes.")
 
 
+class BadFraming(InvalidParameter):
+    """Content-Length and Transfer-Encoding together (or two lengths): where the body ends is
+    ambiguous, the classic way to smuggle a second request past a proxy (RFC 9112 §6.1)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request has both Content-Length and Transfer-Encoding (or two different "
+            "Content-Length headers); send one."
+        )
+
+
+class NotJson(InvalidParameter):
+    """A POST body must say it is JSON: a cross-site form or script can only send the types
+    that need no CORS preflight (text/plain, forms)."""
+
+    status = 415
+
+    def __init__(self, content_type: str | None) -> None:
+        got = f"'{content_type}'" if content_type else "none"
+        super().__init__(
+            f"Content-Type must be application/json (got {got}).", param="Content-Type"
+        )
+
+
 class NotFound(ApiError):
     """A path that is not part of the API."""
 
@@ -142,6 +168,33 @@ class AccessDenied(ApiError):
 
     def __init__(self, message: str = "Access denied: this route needs an admin API key.") -> None:
         super().__init__(message)
+
+
+class HostNotAllowed(ApiError):
+    """A keyless server answers only to names that cannot be pointed at it by someone else
+    (DNS rebinding): loopback names, IP addresses, and its ``allowed_hosts``."""
+
+    status = 403
+    code = "AccessDenied"
+    type = "invalid_request_error"
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"This server has no API keys and answers only to localhost, IP addresses and its "
+            f"allowed_hosts, not to '{host}'. Add the name to http.allowed_hosts, or create a key."
+        )
+
+
+class BodyTooSlow(ApiError):
+    status = 408
+    code = "RequestTimeOut"
+    type = "request_timeout"
+
+    def __init__(self, rate: float, grace: float) -> None:
+        super().__init__(
+            f"The request body arrived slower than {rate:.0f} bytes per second after the first "
+            f"{grace:.0f} s; send it faster (http.body_min_rate)."
+        )
 
 
 class FreeQuotaExhausted(ApiError):

@@ -3,14 +3,16 @@ HTTP framing matters, a /healthz probe while a hostile request runs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
-from helpers import LiveServer, live_server, scrape, value
+from helpers import LiveServer, chat_body, fast_settings, live_server, scrape, value
 
 
 @pytest.fixture
@@ -81,3 +83,204 @@ def test_a_malformed_chunk_is_not_a_500(
         value(m, "omniserve_http_responses_total", route="/v1/chat/completions", status="500") == 0
     )
     assert "Traceback" not in caplog.text and "Exception in ASGI application" not in caplog.text
+
+
+# -- request smuggling -----------------------------------------------------------------------
+
+
+def test_a_request_with_two_framings_is_refused_and_its_connection_closed(
+    server: LiveServer,
+) -> None:
+    """Content-Length and Transfer-Encoding together: 400, and the bytes after the chunked
+    body never run as a second request (here a hidden GET /admin/keys)."""
+    hidden = b"GET /admin/keys HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    body = b'{"model": "qwen3-omni-flash"}'
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+        + hidden
+    )
+    answer = _raw(server, request)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"both Content-Length and Transfer-Encoding" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # the hidden request got no answer
+    assert b"connection: close" in answer.lower()
+
+
+def test_two_different_lengths_are_refused(server: LiveServer) -> None:
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+    )
+    assert _raw(server, request).startswith(b"HTTP/1.1 400")
+
+
+# -- what a web page can make a browser send ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_a_body_that_is_not_declared_json_is_refused(
+    server: LiveServer, content_type: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    r = httpx.post(
+        f"{server.api}/chat/completions", content=json.dumps(chat_body()), headers=headers
+    )
+    assert r.status_code == 415
+    assert r.json()["error"]["message"].startswith("Content-Type must be application/json")
+    created = httpx.post(
+        f"{server.base_url}/admin/keys", content=b'{"name": "mine"}', headers=headers
+    )
+    assert created.status_code == 415  # nobody's first key from a cross-site form
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+def test_json_with_parameters_or_in_any_case_is_json(server: LiveServer, content_type: str) -> None:
+    r = httpx.post(
+        f"{server.api}/chat/completions",
+        content=json.dumps(chat_body()),
+        headers={"content-type": content_type},
+    )
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "localhost:8000", "[::1]:8000", "10.1.2.3:9000", "app.localhost"]
+)
+def test_a_keyless_server_answers_to_loopback_names_and_addresses(
+    server: LiveServer, host: str
+) -> None:
+    assert httpx.get(f"{server.base_url}/v1/models", headers={"host": host}).status_code == 200
+
+
+def test_a_keyless_server_refuses_names_a_page_could_point_at_it(server: LiveServer) -> None:
+    """DNS rebinding: attacker.example resolves to 127.0.0.1, and the page is same-origin."""
+    for path in ("/admin/usage", "/v1/models"):
+        r = httpx.get(f"{server.base_url}{path}", headers={"host": "attacker.example"})
+        assert r.status_code == 403
+        assert "attacker.example" in r.json()["error"]["message"]
+    made = httpx.post(
+        f"{server.base_url}/admin/keys",
+        json={"name": "theirs"},
+        headers={"host": "attacker.example:8000"},
+    )
+    assert made.status_code == 403
+
+
+def test_allowed_hosts_and_keys_lift_the_name_check() -> None:
+    settings = fast_settings(http={"allowed_hosts": ["omni.internal", ".corp.example"]})
+    with live_server(settings) as s:
+        for host in ("omni.internal", "gpu1.corp.example:8000"):
+            assert httpx.get(f"{s.base_url}/v1/models", headers={"host": host}).status_code == 200
+        assert httpx.get(f"{s.base_url}/v1/models", headers={"host": "other"}).status_code == 403
+        created = httpx.post(f"{s.base_url}/admin/keys", json={"name": "ops", "admin": True})
+        assert created.status_code in (200, 201), created.text
+        # With keys, the keys protect the server: any name is answered (with a 401 here).
+        r = httpx.get(f"{s.base_url}/v1/models", headers={"host": "other"})
+        assert r.status_code == 401
+
+
+# -- slow and silent connections -------------------------------------------------------------
+
+
+@pytest.fixture
+def strict() -> Iterator[LiveServer]:
+    settings = fast_settings(
+        http={
+            "header_timeout_s": 0.5,
+            "body_min_rate": 1000,
+            "body_grace_s": 0.5,
+            "max_connections": 8,
+        }
+    )
+    with live_server(settings) as s:
+        yield s
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``sock`` within ``seconds``, and what it sent."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+        return True, got
+    except TimeoutError:
+        return False, got
+    except ConnectionResetError:
+        return True, got
+
+
+def test_headers_that_trickle_are_cut_off(strict: LiveServer) -> None:
+    began = time.monotonic()
+    with socket.create_connection(_address(strict)) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\n")
+        for _ in range(20):
+            try:
+                sock.sendall(b"X-Slow: a\r\n")
+            except OSError:
+                break
+            time.sleep(0.1)
+        closed, _ = _closed_within(sock, 2)
+    assert closed and time.monotonic() - began < 2.5
+
+
+def test_a_silent_connection_is_closed(strict: LiveServer) -> None:
+    with socket.create_connection(_address(strict)) as sock:
+        closed, got = _closed_within(sock, 2)
+    assert closed and got == b""
+
+
+def test_a_kept_alive_connection_must_send_its_next_headers_in_time(strict: LiveServer) -> None:
+    with socket.create_connection(_address(strict)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.settimeout(2)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and then nothing
+        closed, _ = _closed_within(sock, 2)
+    assert closed
+
+
+def test_a_body_at_a_byte_a_second_is_answered_408(strict: LiveServer) -> None:
+    with socket.create_connection(_address(strict)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{"
+        )
+        began = time.monotonic()
+        answer = b""
+        sock.settimeout(0.1)
+        while time.monotonic() - began < 5:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            except TimeoutError:
+                pass
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"slower than 1000 bytes per second" in answer
+        assert time.monotonic() - began < 3
+
+
+def test_connections_beyond_the_cap_are_answered_503(strict: LiveServer) -> None:
+    held = [socket.create_connection(_address(strict)) for _ in range(8)]
+    try:
+        r = httpx.get(f"{strict.base_url}/healthz")
+        assert r.status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.1)
+    assert httpx.get(f"{strict.base_url}/healthz").status_code == 200

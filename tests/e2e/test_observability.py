@@ -72,7 +72,12 @@ def test_refusals_and_errors_are_counted_by_code(server: LiveServer) -> None:
         ).status_code
         == 400
     )
-    assert httpx.post(f"{server.api}/chat/completions", content=b"{nope").status_code == 400
+    nope = httpx.post(
+        f"{server.api}/chat/completions",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
+    )
+    assert nope.status_code == 400
     m = scrape(server)
     assert value(m, "omniserve_requests_total", model="qwen3-omni-flash", status="refused") == 1
     assert value(m, "omniserve_requests_total", model="other", status="refused") == 1

@@ -494,7 +494,12 @@ def test_malformed_body(server: LiveServer, raw: bytes, message: str) -> None:
 
 def test_oversize_body_is_a_413(server: LiveServer) -> None:
     limit = server.service.settings.max_request_bytes
-    r = httpx.post(f"{server.api}/chat/completions", content=b" " * (limit + 1), timeout=60)
+    r = httpx.post(
+        f"{server.api}/chat/completions",
+        content=b" " * (limit + 1),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert r.status_code == 413
     assert r.json()["error"]["message"] == (
         f"Request body is larger than the server's limit of {limit} bytes."

@@ -27,6 +27,9 @@ def refused(r: httpx.Response) -> str:
     return message
 
 
+JSON = {"content-type": "application/json"}
+
+
 # -- chat bodies (fixed in protocol/request.py) ----------------------------------------------
 
 
@@ -34,7 +37,7 @@ def test_lone_surrogate_in_a_message_is_a_400(server: LiveServer) -> None:
     # Was a 500: the emulator could not encode the text to hash it.
     raw = b'{"model": "qwen-omni-turbo", "messages": [{"role": "user", "content": "\\udfff"}],'
     raw += b' "stream": true}'
-    r = httpx.post(f"{server.api}/chat/completions", content=raw, timeout=30)
+    r = httpx.post(f"{server.api}/chat/completions", content=raw, headers=JSON, timeout=30)
     assert r.status_code == 400
     assert refused(r) == (
         "Request body holds a string with an unpaired surrogate: input.messages.0.content"
@@ -45,7 +48,7 @@ def test_lone_surrogate_in_a_message_is_a_400(server: LiveServer) -> None:
 def test_lone_surrogate_in_a_model_name_is_a_400(server: LiveServer) -> None:
     # Would have been a 404 whose envelope could not be encoded.
     raw = b'{"model": "\\ud800", "messages": [{"role": "user", "content": "a"}], "stream": true}'
-    r = httpx.post(f"{server.api}/chat/completions", content=raw, timeout=30)
+    r = httpx.post(f"{server.api}/chat/completions", content=raw, headers=JSON, timeout=30)
     assert r.status_code == 400
     assert refused(r).endswith(": model")
 
@@ -54,7 +57,7 @@ def test_integer_longer_than_python_parses_is_a_400(server: LiveServer) -> None:
     # Was a 500: json.loads raises a plain ValueError past 4300 digits.
     raw = b'{"model": "qwen3-omni-flash", "messages": [{"role": "user", "content": "a"}],'
     raw += b' "stream": true, "max_tokens": ' + b"9" * 4301 + b"}"
-    r = httpx.post(f"{server.api}/chat/completions", content=raw, timeout=30)
+    r = httpx.post(f"{server.api}/chat/completions", content=raw, headers=JSON, timeout=30)
     assert r.status_code == 400
     assert refused(r) == "Request body is not valid JSON: a number is too long."
 

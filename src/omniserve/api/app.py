@@ -18,6 +18,7 @@ from omniserve.api import admin, chat, models
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response, install_error_handlers
+from omniserve.api.guard import HttpGuard
 from omniserve.config import Settings
 from omniserve.errors import ServiceUnavailable
 from omniserve.metrics import CONTENT_TYPE, OTHER, Metrics
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     app.state.accounts = accounts
     app.state.metrics = metrics
     app.state.drain = Drain()
+    # Outermost first: HttpMetrics sees every answer, the guard's refusals included.
+    app.add_middleware(HttpGuard, settings=settings.http, keys_required=accounts.keys_required)
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
