@@ -48,8 +48,9 @@ class HttpSettings(BaseModel):
     # the previous response on a kept-alive connection); slower ones are closed.
     header_timeout_s: float = Field(default=10.0, gt=0)
     # After the first ``body_grace_s``, a body must keep arriving at this many bytes per
-    # second on average (64 MB in 64 s at the default), or it is answered 408.
-    body_min_rate: float = Field(default=1024 * 1024, ge=0)
+    # second on average (256 kbit/s: a 10 MB upload may take up to five minutes), or it is
+    # answered 408; 0 turns the check off.
+    body_min_rate: float = Field(default=32 * 1024, ge=0)
     body_grace_s: float = Field(default=10.0, ge=0)
     # Open connections at most; requests on connections beyond it are answered 503.
     max_connections: int = Field(default=1024, ge=1)
