@@ -262,6 +262,11 @@ class Settings(BaseSettings):
     # The Qwen BPE ranks file; by default the one the dashscope package ships.
     tokenizer_file: Path | None = None
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Messages, and content parts in all, one request may hold.
+    max_messages: int = Field(default=1024, ge=1)
+    max_content_parts: int = Field(default=1024, ge=1)
+    # Requests parsed and validated at once, on worker threads (parsing grows with the body).
+    parse_workers: int = Field(default=4, ge=1)
     # On SIGTERM: how long running streams may go on before they are ended (docs/operations).
     drain_timeout_s: float = Field(default=30.0, ge=0)
     # The browser playground at / and /playground (docs/playground.md).

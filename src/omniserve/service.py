@@ -10,6 +10,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
+
 from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import Settings
 from omniserve.engines import make_engine
@@ -52,6 +54,13 @@ class ChatService:
         self.synthesizer = synthesizer or make_synthesizer(settings.speech)
         self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
         self.ready = False
+        self._parse_limiter: anyio.CapacityLimiter | None = None
+
+    def parse_limiter(self) -> anyio.CapacityLimiter:
+        """How many requests are parsed at once (made on first use, in the event loop)."""
+        if self._parse_limiter is None:
+            self._parse_limiter = anyio.CapacityLimiter(self.settings.parse_workers)
+        return self._parse_limiter
 
     async def check(self) -> None:
         """Raises ``SpeechError`` when built-in speech is needed and cannot work here."""
@@ -73,8 +82,16 @@ class ChatService:
         return list(self.catalog)
 
     def prepare(self, body: bytes, request_id: str) -> ValidatedRequest:
-        """Parse and validate; raises ``ApiError`` with the vendor's status, code and message."""
-        return self.validator.validate(parse_chat_request(body), request_id)
+        """Parse and validate; raises ``ApiError`` with the vendor's status, code and message.
+
+        Its work grows with the body: the API runs it on a worker thread, never on the event
+        loop."""
+        request = parse_chat_request(
+            body,
+            max_messages=self.settings.max_messages,
+            max_parts=self.settings.max_content_parts,
+        )
+        return self.validator.validate(request, request_id)
 
     def _speaks(self, job: GenerationJob) -> bool:
         """Whether the engine voices this job itself (an engine may decide per model)."""

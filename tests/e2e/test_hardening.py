@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -284,3 +285,111 @@ def test_connections_beyond_the_cap_are_answered_503(strict: LiveServer) -> None
             sock.close()
     time.sleep(0.1)
     assert httpx.get(f"{strict.base_url}/healthz").status_code == 200
+
+
+# -- one request must not stall the others ---------------------------------------------------
+
+
+class HealthProbe:
+    """/healthz round trips from a thread while something else runs: the slowest one."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.slowest = 0.0
+        self.count = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set():
+                began = time.monotonic()
+                assert client.get(f"{self.server.base_url}/healthz").status_code == 200
+                self.slowest = max(self.slowest, time.monotonic() - began)
+                self.count += 1
+                time.sleep(0.01)
+
+    def __enter__(self) -> HealthProbe:
+        self.thread.start()
+        time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _post(server: LiveServer, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{server.api}/chat/completions",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=120,
+    )
+
+
+def _chat(messages: str) -> bytes:
+    return b'{"model": "qwen3-omni-flash", "stream": true, "messages": ' + messages.encode() + b"}"
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        (
+            "a 12 MB one-word message",
+            _chat('[{"role": "user", "content": "' + "a" * 12_000_000 + '"}]'),
+            "Range of input length should be [1, 49152]",
+        ),
+        (
+            "400,000 tiny messages",
+            _chat("[" + ", ".join(['{"role": "user", "content": "hi"}'] * 400_000) + "]"),
+            "JSON values",
+        ),
+        (
+            "500,000 invalid content parts",
+            _chat('[{"role": "user", "content": [' + ", ".join(["{}"] * 500_000) + "]}]"),
+            "JSON values",
+        ),
+        (
+            "2,000 messages in a small body",
+            _chat("[" + ", ".join(['{"role": "user", "content": "hi"}'] * 2_000) + "]"),
+            "Range of messages length should be [1, 1024]",
+        ),
+        (
+            "5,000 content parts in a small body",
+            _chat('[{"role": "user", "content": [' + ", ".join(['{"type": "x"}'] * 5000) + "]}]"),
+            "at most 1024 content parts",
+        ),
+    ],
+)
+def test_a_hostile_body_is_refused_without_stalling_the_server(
+    server: LiveServer, name: str, body: bytes, message: str
+) -> None:
+    with HealthProbe(server) as probe:
+        began = time.monotonic()
+        r = _post(server, body)
+        took = time.monotonic() - began
+    assert r.status_code == 400, (name, r.text[:300])
+    assert message in r.json()["error"]["message"], (name, r.json())
+    assert probe.count > 0
+    # A liveness bound, not a benchmark: the event loop kept answering while this ran.
+    assert probe.slowest < 0.5, (name, probe.slowest)
+    assert took < 10, (name, took)
+
+
+def test_a_stream_keeps_flowing_while_a_hostile_body_is_parsed(server: LiveServer) -> None:
+    hostile = _chat('[{"role": "user", "content": "' + "a" * 6_000_000 + '"}]')
+    gaps: list[float] = []
+    refused = threading.Thread(target=lambda: _post(server, hostile))
+    with httpx.stream(
+        "POST", f"{server.api}/chat/completions", json=chat_body(max_tokens=400), timeout=60
+    ) as r:
+        last = time.monotonic()
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 5:
+                refused.start()
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+    refused.join()
+    assert max(gaps[6:]) < 0.5

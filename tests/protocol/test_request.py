@@ -398,3 +398,28 @@ def test_input_is_not_mutated_between_parses() -> None:
     raw = body(extra_body={"seed": 1})
     assert parse_chat_request(raw).seed == 1
     assert parse_chat_request(raw).seed == 1
+
+
+def test_a_large_body_of_many_values_is_refused_before_parsing() -> None:
+    messages = ", ".join(['{"role": "user", "content": "hi"}'] * 100_000)
+    raw = f'{{"model": "m", "messages": [{messages}]}}'.encode()
+    assert len(raw) > 1024 * 1024
+    with pytest.raises(InvalidParameter, match="more than 200000 JSON values"):
+        parse_chat_request(raw)
+
+
+def test_a_large_body_of_long_strings_is_parsed() -> None:
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"a" * 3_000_000
+    raw += b'"}]}'
+    assert len(parse_chat_request(raw).messages[0].content or "") == 3_000_000
+
+
+@pytest.mark.parametrize(("messages", "parts"), [(5, 0), (2, 4)])
+def test_messages_and_parts_are_capped(messages: int, parts: int) -> None:
+    content = [{"type": "text", "text": "a"}] * parts if parts else "a"
+    body = {"model": "m", "messages": [{"role": "user", "content": content}] * messages}
+    raw = json.dumps(body).encode()
+    with pytest.raises(InvalidParameter) as refused:
+        parse_chat_request(raw, max_messages=4, max_parts=7)
+    assert refused.value.param == "messages"
+    parse_chat_request(raw, max_messages=5, max_parts=8)

@@ -549,3 +549,21 @@ def test_malformed_parts(part: dict[str, Any], message: str, param: str) -> None
     err = refused(MEDIA, messages=user(part))
     assert err.message == message
     assert err.param == param
+
+
+def test_text_too_long_to_fit_is_refused_before_it_is_tokenized() -> None:
+    class Counting(type(TOK)):  # type: ignore[misc]
+        counted = 0
+
+        def count(self, text: str) -> int:
+            Counting.counted += len(text)
+            return super().count(text)
+
+    counting = Counting.__new__(Counting)
+    counting.__dict__.update(TOK.__dict__)
+    validator = RequestValidator(CATALOG, counting)
+    limit = CATALOG.get("qwen3-omni-flash").limits.max_input
+    text = "a" * (limit * TOK.longest_token + 1)
+    with pytest.raises(InvalidParameter, match=rf"Range of input length should be \[1, {limit}\]"):
+        validate(validator, messages=[{"role": "user", "content": text}])
+    assert Counting.counted == 0  # refused on its length alone

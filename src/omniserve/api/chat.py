@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -62,7 +64,10 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
         if drain.draining:
             raise shutting_down()
         body = await read_body(request, service.settings.max_request_bytes, received)
-        validated = service.prepare(body, request_id)
+        # Parsing, validation and token counting grow with the body: off the event loop.
+        validated = await anyio.to_thread.run_sync(
+            service.prepare, body, request_id, limiter=service.parse_limiter()
+        )
         ticket = await accounts.admit(caller, validated.job)
     except ClientDisconnect:
         # The client left while sending its body (a flaky upload): nothing to answer.

@@ -128,8 +128,27 @@ def _not_json(constant: str) -> Any:
     raise _NotJson(constant)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """Parse a request body or raise a 400 that names what is wrong and where."""
+# Bodies past this size are checked for how many JSON values they hold before parsing: a big
+# legitimate body is a few long strings (media), never hundreds of thousands of values.
+LARGE_BODY = 1024 * 1024
+MAX_JSON_VALUES = 200_000
+
+
+def parse_chat_request(
+    body: bytes, *, max_messages: int = 1024, max_parts: int = 1024
+) -> ChatRequest:
+    """Parse a request body or raise a 400 that names what is wrong and where.
+
+    What a request may hold is bounded before anything costs more than a glance at its bytes:
+    the JSON values of a large body, then its messages and content parts, so that parsing,
+    validation and the errors collected stay small whatever arrives."""
+    if len(body) > LARGE_BODY:
+        values = body.count(b"{") + body.count(b"[") + body.count(b",")
+        if values > MAX_JSON_VALUES:
+            raise InvalidParameter(
+                f"Request body holds more than {MAX_JSON_VALUES} JSON values; a request is a "
+                "few messages and media."
+            )
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_not_json)
     except _NotJson as exc:
@@ -166,10 +185,32 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         # The vendor's Node samples pass Python's ``extra_body`` literally; its keys apply.
         for key, value in extra.items():
             data.setdefault(key, value)
+    _check_counts(data.get("messages"), max_messages, max_parts)
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc) from None
+
+
+def _check_counts(messages: Any, max_messages: int, max_parts: int) -> None:
+    if not isinstance(messages, list):
+        return
+    if len(messages) > max_messages:
+        raise InvalidParameter(
+            f"Range of messages length should be [1, {max_messages}]: input.messages",
+            param="messages",
+        )
+    parts = sum(
+        len(m["content"])
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+    )
+    if parts > max_parts:
+        raise InvalidParameter(
+            f"A request holds at most {max_parts} content parts in all; this one has {parts}: "
+            "input.messages",
+            param="messages",
+        )
 
 
 def _lone_surrogate(data: Any) -> tuple[int | str, ...] | None:

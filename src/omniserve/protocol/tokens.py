@@ -57,6 +57,9 @@ class QwenTokenizer:
         self._enc = tiktoken.Encoding(
             "qwen", pat_str=_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials
         )
+        # No token holds more characters than this (a character is at least one byte), so a
+        # text of n characters is at least n / longest tokens: too long can be told uncounted.
+        self.longest_token = max(len(token) for token in ranks)
         self.im_start = specials[IM_START]
         self.im_end = specials[IM_END]
         self._newline = self._enc.encode_ordinary("\n")
@@ -73,6 +76,10 @@ class QwenTokenizer:
 
     def decode(self, tokens: Iterable[int]) -> str:
         return self._enc.decode(list(tokens))
+
+    def fewest_tokens(self, text_length: int) -> int:
+        """The fewest tokens a text of ``text_length`` characters can take."""
+        return -(-text_length // self.longest_token)
 
     def count_chat(self, turns: Iterable[tuple[str, str]]) -> int:
         """Tokens of a ChatML prompt: each turn, then the opened assistant turn."""

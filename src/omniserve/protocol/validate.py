@@ -105,6 +105,10 @@ class RequestValidator:
             )
         budget = self._thinking_budget(req, model, thinking)
         sampling = self._sampling(req)
+        # Text that cannot fit whatever its tokens is refused before it is tokenized.
+        characters = sum(len(m.text) for m in messages)
+        if self.tokenizer.fewest_tokens(characters) > limits.max_input:
+            self._check_input_length(PromptTokens(text=limits.max_input + 1), limits.max_input)
         prompt = self._prompt_tokens(messages, model, audio_out)
         self._check_input_length(prompt, limits.max_input)  # text alone; media come later
         job = GenerationJob(
