@@ -99,8 +99,13 @@ class MediaSettings(BaseModel):
     max_redirects: int = Field(default=5, ge=0, le=20)
     fetch_concurrency: int = Field(default=16, ge=1)  # URLs downloading at once, server-wide
     request_concurrency: int = Field(default=4, ge=1)  # URLs downloading at once, per request
-    # Decoding threads; memory use grows with this (see docs/media.md).
+    # Decoding threads (see docs/media.md).
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    # Memory every decode in the server draws from at once (each is priced from its header;
+    # one costs at most 400 MB); a decode waits until its price is free.
+    decode_memory_mb: int = Field(default=1536, ge=400)
+    # What one request's media may cost to decode in all; past it the next item is refused.
+    request_decode_mb: int = Field(default=2048, ge=400)
     user_agent: str = "omniserve"
 
 

@@ -393,3 +393,67 @@ def test_a_stream_keeps_flowing_while_a_hostile_body_is_parsed(server: LiveServe
             last = now
     refused.join()
     assert max(gaps[6:]) < 0.5
+
+
+# -- decode bombs ------------------------------------------------------------------------------
+
+
+def _png_url(mode: str, side: int, *, transparent: bool = False) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    if mode == "P":
+        img = Image.new("P", (side, side), 0)
+        img.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+        img.save(out, "PNG", **({"transparency": 0} if transparent else {}))
+    else:
+        Image.new(mode, (side, side)).save(out, "PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def _rss_mb() -> float:
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _frames_body(url: str, count: int) -> dict[str, object]:
+    content = [{"type": "video", "video": [url] * count}, {"type": "text", "text": "what?"}]
+    return chat_body(messages=[{"role": "user", "content": content}])
+
+
+def test_a_frame_list_of_decode_bombs_is_refused_from_the_first_header(
+    server: LiveServer,
+) -> None:
+    """128 copies of a 60 KB transparent palette PNG of 8000x8000: each would take 590 MB."""
+    body = _frames_body(_png_url("P", 8000, transparent=True), 128)
+    before = _rss_mb()
+    with HealthProbe(server) as probe:
+        began = time.monotonic()
+        r = httpx.post(f"{server.api}/chat/completions", json=body, timeout=120)
+        took = time.monotonic() - began
+    assert r.status_code == 400
+    assert "one decode may use" in r.json()["error"]["message"]
+    assert took < 5
+    assert probe.slowest < 0.5
+    assert _rss_mb() - before < 200  # the server the test runs in: nothing was decoded
+
+
+@pytest.mark.timeout(300)
+def test_a_request_whose_media_would_decode_past_its_budget_is_refused() -> None:
+    """Frames each under the one-decode bound, but together past the request's budget: the
+    request is refused when the budget is spent, not after decoding them all."""
+    settings = fast_settings(media={"request_decode_mb": 1000, "decode_memory_mb": 1000})
+    with live_server(settings) as s:
+        body = _frames_body(_png_url("RGBA", 4000), 64)  # 180 MB each, 11.5 GB in all
+        with HealthProbe(s) as probe:
+            r = httpx.post(f"{s.api}/chat/completions", json=body, timeout=120)
+        assert r.status_code == 400
+        assert "past 1000 MB of decoding memory" in r.json()["error"]["message"]
+        assert probe.slowest < 0.5

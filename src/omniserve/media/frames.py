@@ -15,6 +15,7 @@ import numpy as np
 from omniserve.catalog import MediaLimits
 from omniserve.engines.inputs import VideoInput
 from omniserve.errors import InvalidMedia
+from omniserve.media.budget import DecodeBudget, RequestBudget
 from omniserve.media.image import decode_image
 from omniserve.media.policy import MediaPolicy
 
@@ -23,10 +24,18 @@ _FRAMES = ThreadPoolExecutor(
 )
 
 
-def decode_frames(frames: Sequence[bytes], policy: MediaPolicy, limits: MediaLimits) -> VideoInput:
+def decode_frames(
+    frames: Sequence[bytes],
+    policy: MediaPolicy,
+    limits: MediaLimits,
+    *,
+    budget: DecodeBudget | None = None,
+    request: RequestBudget | None = None,
+) -> VideoInput:
     """Decode every frame to the size the first one sets; raises ``InvalidMedia``.
 
-    Synchronous and CPU-bound: run it in a worker thread.
+    Each frame is priced, spent from the ``request``'s budget and held from the server's
+    ``budget`` like any image. Synchronous and CPU-bound: run it in a worker thread.
     """
     lo, hi = limits.frames_min, limits.frames_max
     if not lo <= len(frames) <= hi:
@@ -38,14 +47,21 @@ def decode_frames(frames: Sequence[bytes], policy: MediaPolicy, limits: MediaLim
 
     # The first frame's displayed size sets the frame size for the whole list.
     first = decode_image(
-        frames[0], policy, limits, size=lambda h, w: policy.frame_size(h, w, count)
+        frames[0],
+        policy,
+        limits,
+        size=lambda h, w: policy.frame_size(h, w, count),
+        budget=budget,
+        request=request,
     )
     height, width = first.height, first.width
     out = np.empty((count, height, width, 3), dtype=np.uint8)
     out[0] = first.pixels
 
     def decode_into(i: int) -> None:
-        out[i] = decode_image(frames[i], policy, limits, size=(height, width)).pixels
+        out[i] = decode_image(
+            frames[i], policy, limits, size=(height, width), budget=budget, request=request
+        ).pixels
 
     # Frames are independent and Pillow releases the GIL while decoding and resizing, so the
     # rest decode on all cores; the first failure (in list order) is the one reported.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cache
 from io import BytesIO
@@ -33,6 +34,7 @@ from PIL import (
 from omniserve.catalog import MediaLimits
 from omniserve.engines.inputs import ImageInput
 from omniserve.errors import InvalidMedia
+from omniserve.media.budget import DecodeBudget, RequestBudget, check_decode, image_cost
 from omniserve.media.policy import ASPECT_MESSAGE, MediaPolicy
 
 # Importing a plugin registers it with Pillow; naming them here keeps the set explicit.
@@ -87,18 +89,23 @@ def decode_image(
     limits: MediaLimits,
     *,
     size: tuple[int, int] | SizeRule | None = None,
+    budget: DecodeBudget | None = None,
+    request: RequestBudget | None = None,
 ) -> ImageInput:
     """Decode, orient and resize one image; raises ``InvalidMedia`` with the vendor's message.
 
     ``size`` is the target (height, width), or a rule giving it from the displayed source size;
-    by default the policy's image size. Synchronous and CPU-bound: run it in a worker thread.
+    by default the policy's image size. The decode is priced from the header (``budget.py``)
+    and refused, or made to wait for the server's ``budget``, before any pixel is decoded; its
+    price is spent from the ``request``'s budget. Synchronous and CPU-bound: run it in a worker
+    thread.
     """
     if not data:
         raise InvalidMedia(DECODE_MESSAGE)
     if len(data) > limits.image_max_bytes:
         raise InvalidMedia(f"The image is larger than {limits.image_max_bytes} bytes.")
     try:
-        return _decode(data, policy, limits, _rule(size, policy))
+        return _decode(data, policy, limits, _rule(size, policy), budget, request)
     except InvalidMedia:
         raise
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
@@ -114,16 +121,31 @@ def _rule(size: tuple[int, int] | SizeRule | None, policy: MediaPolicy) -> SizeR
     return lambda h, w: fixed
 
 
-def _decode(data: bytes, policy: MediaPolicy, limits: MediaLimits, rule: SizeRule) -> ImageInput:
-    with _open(data) as img:
+def _decode(
+    data: bytes,
+    policy: MediaPolicy,
+    limits: MediaLimits,
+    rule: SizeRule,
+    budget: DecodeBudget | None,
+    request: RequestBudget | None,
+) -> ImageInput:
+    # The budget is held until the decoded source is closed (the outer stack unwinds last).
+    with ExitStack() as held, _open(data) as img:
         _check_header(img.size, img.format or "", limits)
+        cost = _cost(img, rule)
+        what = f"this {img.size[0]}x{img.size[1]} {img.format or ''} image ({img.mode})"
+        check_decode(cost, what)
+        if request is not None:
+            request.spend(cost, what)
+        if budget is not None:
+            held.enter_context(budget.hold(cost, what))
         fast = _ffmpeg_jpeg(data, img, rule)
         if fast is not None:
             plan, pixels = fast
         else:
             plan = _load(img, rule)
-            pixels = np.array(_to_rgb(img, plan), dtype=np.uint8)  # writable: engines may
-            # normalise in place
+            # Writable: engines may normalise in place.
+            pixels = np.array(_to_rgb(img, plan), dtype=np.uint8)
     width, height = plan.target
     return ImageInput(
         pixels=pixels,
@@ -189,6 +211,19 @@ def _heif_formats() -> tuple[str, ...]:
 def _register_heif(module: ModuleType) -> None:
     # Thumbnails stay on: Image.draft may pick one that is a scaled copy of the picture.
     module.register_heif_opener()
+
+
+def _cost(img: Image.Image, rule: SizeRule) -> int:
+    """What decoding ``img`` will peak at, from its header: the size the decoder produces
+    (JPEG decodes at 1/2, 1/4 or 1/8 when the target allows) in the mode it stores."""
+    w, h = img.size
+    scale = 1
+    if img.format in ("JPEG", "MPO"):
+        tw, th = _plan(img, rule).stored_target
+        fits = min(w // max(tw, 1), h // max(th, 1))
+        scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+    transparent = "transparency" in img.info or img.mode in ("LA", "La", "PA", "RGBA", "RGBa")
+    return image_cost(-(-w // scale), -(-h // scale), img.mode, transparent=transparent)
 
 
 def _check_header(size: tuple[int, int], fmt: str, limits: MediaLimits) -> None:

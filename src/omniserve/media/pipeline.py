@@ -24,6 +24,7 @@ from omniserve.engines.base import ChatMessage, GenerationJob, MediaItem
 from omniserve.engines.inputs import DecodedMedia
 from omniserve.errors import ApiError
 from omniserve.media.audio import decode_audio
+from omniserve.media.budget import AUDIO_COST, MB, VIDEO_COST, DecodeBudget, RequestBudget
 from omniserve.media.fetch import MediaFetcher
 from omniserve.media.frames import decode_frames
 from omniserve.media.image import decode_image
@@ -53,6 +54,8 @@ class MediaProcessor:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="omniserve-media"
         )
+        # Every decode in the server holds its price from this while it runs.
+        self.budget = DecodeBudget(settings.decode_memory_mb * MB)
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -70,10 +73,11 @@ class MediaProcessor:
         gate = asyncio.Semaphore(self.settings.request_concurrency)
         limits = job.model.media
         results: dict[tuple[int, int], tuple[DecodedMedia, tuple[bytes, ...]]] = {}
+        spend = RequestBudget(self.settings.request_decode_mb * MB)
 
         async def one(i: int, j: int) -> None:
             item = job.messages[i].media[j]
-            results[(i, j)] = await self._item(item, policy, limits, gate, keep_bytes)
+            results[(i, j)] = await self._item(item, policy, limits, gate, keep_bytes, spend)
 
         # anyio's task group, not asyncio.TaskGroup: on Python 3.11 the latter leaves the
         # request's task cancelled after a child fails, which then escapes the response's own
@@ -101,6 +105,7 @@ class MediaProcessor:
         limits: MediaLimits,
         gate: asyncio.Semaphore,
         keep_bytes: bool,
+        spend: RequestBudget,
     ) -> tuple[DecodedMedia, tuple[bytes, ...]]:
         kind = item.kind
         started = time.monotonic()
@@ -110,22 +115,30 @@ class MediaProcessor:
                 *(self._fetch(url, limits.image_max_bytes, gate) for url in item.source)
             )
             fetched = time.monotonic()
-            decoded: DecodedMedia = await self._run(decode_frames, frames, policy, limits)
+            decoded: DecodedMedia = await self._run(
+                decode_frames, frames, policy, limits, budget=self.budget, request=spend
+            )
             self._observe(kind, started, fetched)
             return decoded, tuple(frames) if keep_bytes else ()
         assert isinstance(item.source, str)
         if kind == "image_url":
             data = await self._fetch(item.source, limits.image_max_bytes, gate)
             fetched = time.monotonic()
-            decoded = await self._run(decode_image, data, policy, limits)
+            decoded = await self._run(
+                decode_image, data, policy, limits, budget=self.budget, request=spend
+            )
         elif kind == "input_audio":
             data = await self._fetch(item.source, limits.audio_max_bytes, gate, bare_base64=True)
             fetched = time.monotonic()
-            decoded = await self._run(decode_audio, data, policy, limits)
+            decoded = await self._run(
+                self._held, AUDIO_COST, "this audio", spend, decode_audio, data, policy, limits
+            )
         else:
             data = await self._fetch(item.source, limits.video_max_bytes, gate)
             fetched = time.monotonic()
-            decoded = await self._run(decode_video, data, policy, limits)
+            decoded = await self._run(
+                self._held, VIDEO_COST, "this video", spend, decode_video, data, policy, limits
+            )
         self._observe(kind, started, fetched)
         return decoded, (data,) if keep_bytes else ()
 
@@ -140,6 +153,15 @@ class MediaProcessor:
         async with gate:
             return await self.fetcher.fetch(source, max_bytes=max_bytes, bare_base64=bare_base64)
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def _held(
+        self, cost: int, what: str, spend: RequestBudget, fn: Callable[..., T], *args: object
+    ) -> T:
+        """``fn(*args)`` (a decode priced at ``cost``) within the request's and the server's
+        budgets; on a worker thread."""
+        spend.spend(cost, what)
+        with self.budget.hold(cost, what):
+            return fn(*args)
