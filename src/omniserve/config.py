@@ -99,6 +99,13 @@ class MediaSettings(BaseModel):
     max_redirects: int = Field(default=5, ge=0, le=20)
     fetch_concurrency: int = Field(default=16, ge=1)  # URLs downloading at once, server-wide
     request_concurrency: int = Field(default=4, ge=1)  # URLs downloading at once, per request
+    # URLs one caller (an API key; on a server without keys, a client address) downloads at
+    # once, so one caller cannot hold every server-wide slot. Capped at fetch_concurrency.
+    caller_concurrency: int = Field(default=8, ge=1)
+    # A download that averages less than min_rate bytes a second after its first
+    # min_rate_grace_s seconds is cut (a drip-feeding server would hold its slot); 0: no floor.
+    min_rate: int = Field(default=16384, ge=0)
+    min_rate_grace_s: float = Field(default=5.0, gt=0)
     # Decoding threads (see docs/media.md).
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     # Memory every decode in the server draws from at once (each is priced from its header;

@@ -114,15 +114,19 @@ class ChatService:
         job: GenerationJob,
         *,
         counted: Callable[[GenerationJob], Awaitable[None]] | None = None,
+        caller: str | None = None,
     ) -> AsyncIterator[EngineEvent]:
         """Media decoded, then the engine's events, with built-in speech when audio is asked of
         a silent engine. Raises ``ApiError`` before the first event for refused media.
 
         ``counted`` sees the job once its media are counted, before the engine starts (the
-        rate limiter reserves what the media added)."""
+        rate limiter reserves what the media added). ``caller`` names who asks, for the cap on
+        one caller's downloads at once."""
         if any(m.media for m in job.messages):
             keep = bool(getattr(self.engine, "wants_media_bytes", False))
-            job = await self.media.process(job, self.media_policy(job), keep_bytes=keep)
+            job = await self.media.process(
+                job, self.media_policy(job), keep_bytes=keep, caller=caller
+            )
             job = self.validator.finalize(job)
             if counted is not None:
                 await counted(job)

@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -457,3 +459,137 @@ def test_a_request_whose_media_would_decode_past_its_budget_is_refused() -> None
         assert r.status_code == 400
         assert "past 1000 MB of decoding memory" in r.json()["error"]["message"]
         assert probe.slowest < 0.5
+
+
+# -- media downloads: a minimum rate, and slots shared fairly -------------------------------------
+
+
+class _MediaOrigin(ThreadingHTTPServer):
+    """/drip sends its headers, then a byte every 0.2 s; /hold answers once released."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _OriginHandler)
+        self.holding = 0
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _OriginHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _MediaOrigin
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        png = _tiny_png()
+        if self.path == "/hold":
+            with self.server.lock:
+                self.server.holding += 1
+            self.server.release.wait(20)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(png) if self.path != "/drip" else 10**6))
+        self.end_headers()
+        if self.path != "/drip":
+            self.wfile.write(png)
+            return
+        try:
+            for _ in range(300):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+@contextmanager
+def _origin() -> Iterator[_MediaOrigin]:
+    httpd = _MediaOrigin()
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _image_body(url: str) -> dict[str, object]:
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what?"}]
+    return chat_body(messages=[{"role": "user", "content": content}])
+
+
+def test_a_dripping_media_url_is_cut_at_the_minimum_rate() -> None:
+    media = {"allow_hosts": ["127.0.0.1"], "min_rate": 4096, "min_rate_grace_s": 1.0}
+    with (
+        _origin() as origin,
+        live_server(fast_settings(media=media)) as s,
+        HealthProbe(s) as probe,
+    ):
+        began = time.monotonic()
+        r = httpx.post(
+            f"{s.api}/chat/completions", json=_image_body(origin.url("/drip")), timeout=60
+        )
+        took = time.monotonic() - began
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] == (
+        "Failed to download multimodal content. "
+        "The server sent the file slower than 4096 bytes a second."
+    )
+    assert took < 5  # cut after its grace, not at the 60 s total deadline
+    assert probe.slowest < 0.5
+
+
+def test_one_key_cannot_hold_every_download_slot() -> None:
+    """Two server-wide slots, one per caller: a key with three requests held by a slow origin
+    keeps one slot, and another key's image still downloads at once."""
+    media = {"allow_hosts": ["127.0.0.1"], "fetch_concurrency": 2, "caller_concurrency": 1}
+    with _origin() as origin, live_server(fast_settings(media=media)) as s:
+        _, hog = s.accounts.store.create("hog")
+        _, other = s.accounts.store.create("other")
+
+        def post(secret: str, path: str) -> httpx.Response:
+            return httpx.post(
+                f"{s.api}/chat/completions",
+                json=_image_body(origin.url(path)),
+                headers={"authorization": f"Bearer {secret}"},
+                timeout=30,
+            )
+
+        held: list[httpx.Response] = []
+        hogs = [threading.Thread(target=lambda: held.append(post(hog, "/hold"))) for _ in range(3)]
+        for thread in hogs:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while origin.holding < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the hog's other requests are waiting now, on its own cap
+        began = time.monotonic()
+        r = post(other, "/small.png")
+        took = time.monotonic() - began
+        holding = origin.holding
+        origin.release.set()
+        for thread in hogs:
+            thread.join(30)
+    assert r.status_code == 200, r.text
+    assert took < 5
+    assert holding == 1
+    assert [h.status_code for h in held] == [200, 200, 200]

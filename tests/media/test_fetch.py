@@ -111,6 +111,9 @@ class MediaServer(ThreadingHTTPServer):
         self.active = 0
         self.max_active = 0
         self.lock = threading.Lock()
+        self.holding = 0  # requests to /hold waiting for ``release``
+        self.release = threading.Event()
+        self.held = threading.Event()  # set once a request to /hold waits
 
     @property
     def port(self) -> int:
@@ -155,6 +158,20 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(200, b"\x0b\x02\x80hello\x03", "image/png", encoding="br")
         elif path == "/cookie":
             self.reply(200, SMALL, "image/png", extra={"Set-Cookie": "sid=secret; Path=/"})
+        elif path == "/hold":
+            with self.server.lock:
+                self.server.holding += 1
+            self.server.held.set()
+            self.server.release.wait(10)
+            self.reply(200, SMALL, "image/png")
+        elif path == "/steady":  # 64 KiB at about 64 KiB/s, in 4 KiB pieces
+            self.send_response(200)
+            self.send_header("Content-Length", str(64 * 1024))
+            self.end_headers()
+            for _ in range(16):
+                self.wfile.write(bytes(4096))
+                self.wfile.flush()
+                time.sleep(1 / 16)
         elif path == "/slow":
             with self.server.lock:
                 self.server.active += 1
@@ -268,6 +285,19 @@ def trickle(conn: socket.socket, stop: threading.Event) -> None:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
             while not stop.wait(0.2):
                 conn.sendall(b"x")
+        except OSError:
+            pass
+
+
+def slow_headers(conn: socket.socket, stop: threading.Event) -> None:
+    """The status line and headers one byte every 0.2 s."""
+    with conn:
+        conn.recv(65536)
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Padding: " + b"x" * 200:
+                if stop.wait(0.2):
+                    break
+                conn.sendall(bytes([byte]))
         except OSError:
             pass
 
@@ -586,6 +616,94 @@ def test_silent_server_hits_the_read_timeout() -> None:
         message == "Failed to download multimodal content. The server sent nothing for 0.5 seconds."
     )
     assert elapsed < 1.5
+
+
+DRIP = (
+    "Failed to download multimodal content. "
+    "The server sent the file slower than 1000 bytes a second."
+)
+
+
+def test_dripping_body_is_cut_below_the_minimum_rate() -> None:
+    # 5 bytes a second is far below the floor; only the floor's grace lets it run at all.
+    media = settings(min_rate=1000, min_rate_grace_s=0.5, total_timeout_s=30, read_timeout_s=5)
+    with raw_server(trickle) as port:
+        started = time.monotonic()
+        message = refusal(f"http://127.0.0.1:{port}/video.mp4", media=media)
+        elapsed = time.monotonic() - started
+    assert message == DRIP
+    assert 0.4 < elapsed < 2
+
+
+def test_dripping_headers_are_cut_below_the_minimum_rate() -> None:
+    media = settings(min_rate=1000, min_rate_grace_s=0.5, total_timeout_s=30, read_timeout_s=5)
+    with raw_server(slow_headers) as port:
+        started = time.monotonic()
+        message = refusal(f"http://127.0.0.1:{port}/a.png", media=media)
+        elapsed = time.monotonic() - started
+    assert message == DRIP
+    assert elapsed < 2
+
+
+def test_a_slow_download_above_the_floor_completes(server: MediaServer) -> None:
+    # About 64 KiB/s for one second, against a floor of 16 KiB/s after a grace shorter than
+    # the download: the floor moves ahead of the clock with every byte that arrives.
+    media = settings(min_rate=16384, min_rate_grace_s=0.2)
+    assert fetch(server.url("/steady"), media=media) == bytes(64 * 1024)
+
+
+def test_no_floor_when_the_minimum_rate_is_zero() -> None:
+    media = settings(min_rate=0, min_rate_grace_s=0.1, total_timeout_s=1, read_timeout_s=0.5)
+    with raw_server(trickle) as port:
+        message = refusal(f"http://127.0.0.1:{port}/video.mp4", media=media)
+    assert message.endswith("The download took longer than 1 seconds.")
+
+
+def test_one_caller_cannot_take_every_download_slot(server: MediaServer) -> None:
+    # Two slots in the server, one per caller: a caller with three held downloads holds one
+    # slot, and another caller's download still goes through at once.
+    fetcher = MediaFetcher(settings(fetch_concurrency=2, caller_concurrency=1))
+
+    async def run() -> tuple[list[bytes], int]:
+        try:
+            hogs = [
+                asyncio.create_task(
+                    fetcher.fetch(server.url("/hold"), max_bytes=100, caller="key:hog")
+                )
+                for _ in range(3)
+            ]
+            assert await asyncio.to_thread(server.held.wait, 5)
+            await asyncio.sleep(0.2)  # time for the hog's others to reach the server, if let
+            other = await asyncio.wait_for(
+                fetcher.fetch(server.url("/small"), max_bytes=100, caller="key:other"), 3
+            )
+            held = server.holding
+            server.release.set()
+            return [other, *await asyncio.gather(*hogs)], held
+        finally:
+            server.release.set()
+            await fetcher.close()
+
+    fetched, held = asyncio.run(run())
+    assert fetched == [SMALL] * 4
+    assert held == 1  # the hog's other two waited on its own cap, holding no server slot
+    assert len(fetcher._callers) == 0  # callers are forgotten once their downloads end
+
+
+def test_caller_cap_never_exceeds_the_server_cap(server: MediaServer) -> None:
+    fetcher = MediaFetcher(settings(fetch_concurrency=1, caller_concurrency=8))
+
+    async def run() -> list[bytes]:
+        try:
+            urls = [server.url("/slow")] * 3
+            return await asyncio.gather(
+                *(fetcher.fetch(u, max_bytes=100, caller="key:a") for u in urls)
+            )
+        finally:
+            await fetcher.close()
+
+    assert asyncio.run(run()) == [SMALL] * 3
+    assert server.max_active == 1
 
 
 def test_closed_port() -> None:

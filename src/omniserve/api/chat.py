@@ -50,6 +50,14 @@ def model_named(body: bytes) -> str:
     return found.group(1).decode("utf-8", "replace") if found else ""
 
 
+def fetching_for(request: Request, caller: Caller) -> str:
+    """Whose downloads a request's media URLs count against: its key, or on a server without
+    keys its client's address."""
+    if caller.key_id is not None:
+        return f"key:{caller.key_id}"
+    return f"address:{request.client.host if request.client else ''}"
+
+
 async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     """Authenticated (the guard), read, validated, admitted against the key's limits, then
     streamed; the ticket settles the limits and writes the ledger when the stream ends."""
@@ -81,7 +89,7 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     job = validated.job
     stream = encode_stream(
         job,
-        ticket.meter(service.events(job, counted=ticket.fit)),
+        ticket.meter(service.events(job, counted=ticket.fit, caller=fetching_for(request, caller))),
         include_usage=validated.include_usage,
         transcript=service.settings.speech.transcript,
     )

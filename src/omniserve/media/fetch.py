@@ -3,6 +3,10 @@
 Each hop of a download is resolved once, every address is checked with ``AddressPolicy``, and
 the connection goes to a checked address only (it is pinned), so DNS rebinding cannot move a
 download into a private network. Bytes are capped while they arrive, never after.
+
+A download holds one of the server's slots, and one of its caller's (so one caller cannot hold
+them all), for as long as it runs; one that drips its bytes is cut once it falls below a
+minimum rate, so slow servers cannot hold slots until the total deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -154,6 +159,56 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+class _RateFloor:
+    """Cuts one hop that averages less than ``rate`` bytes a second after its first ``grace``
+    seconds: its deadline moves on by 1/``rate`` seconds for every byte that arrives."""
+
+    def __init__(self, rate: int, grace: float) -> None:
+        self._rate = rate
+        self._start = asyncio.get_running_loop().time() + grace
+        self.received = 0
+        self.timeout = asyncio.timeout_at(self._start if rate else None)
+
+    def got(self, size: int) -> None:
+        self.received += size
+        if self._rate:
+            self.timeout.reschedule(self._start + self.received / self._rate)
+
+    def message(self) -> str:
+        return f"The server sent the file slower than {self._rate} bytes a second."
+
+
+class _CallerSlots:
+    """At most ``per_caller`` downloads at once for each caller; callers are forgotten when
+    their last download ends."""
+
+    def __init__(self, per_caller: int) -> None:
+        self._per_caller = per_caller
+        self._held: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @asynccontextmanager
+    async def slot(self, caller: str | None) -> AsyncIterator[None]:
+        if caller is None:
+            yield
+            return
+        gate, users = self._held.get(caller, (None, 0))
+        if gate is None:
+            gate = asyncio.Semaphore(self._per_caller)
+        self._held[caller] = (gate, users + 1)
+        try:
+            async with gate:
+                yield
+        finally:
+            gate, users = self._held[caller]
+            if users == 1:
+                del self._held[caller]
+            else:
+                self._held[caller] = (gate, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
 class _Body(httpx.AsyncByteStream):
     def __init__(self, stream: AsyncIterable[bytes]) -> None:
         self._stream = stream
@@ -223,10 +278,14 @@ class MediaFetcher:
         self._policy = AddressPolicy(settings.allow_hosts)
         self._client: httpx.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._callers = _CallerSlots(min(settings.caller_concurrency, settings.fetch_concurrency))
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def fetch(self, source: str, *, max_bytes: int, bare_base64: bool = False) -> bytes:
-        """The bytes of ``source``, at most ``max_bytes`` of them."""
+    async def fetch(
+        self, source: str, *, max_bytes: int, bare_base64: bool = False, caller: str | None = None
+    ) -> bytes:
+        """The bytes of ``source``, at most ``max_bytes`` of them. ``caller`` names who asks
+        (downloads at once are capped per caller); None: only the server-wide cap applies."""
         try:
             if source[:1].isspace() or source[-1:].isspace():
                 source = source.strip()
@@ -234,7 +293,7 @@ class MediaFetcher:
             if head.startswith("data:"):
                 return decode_base64(source, max_bytes=max_bytes, data_url=True)
             if head.startswith(("http://", "https://")):
-                return await self._download(parse_url(source), max_bytes)
+                return await self._download(parse_url(source), max_bytes, caller)
             if bare_base64 and source:
                 return decode_base64(source, max_bytes=max_bytes, data_url=False)
             raise InvalidMedia(INVALID_URL)
@@ -269,13 +328,15 @@ class MediaFetcher:
                 headers={"User-Agent": s.user_agent, "Accept-Encoding": "identity"},
             )
             self._slots = asyncio.Semaphore(s.fetch_concurrency)
+            self._callers = _CallerSlots(min(s.caller_concurrency, s.fetch_concurrency))
             self._loop = loop
         return self._client, self._slots
 
-    async def _download(self, url: httpx.URL, max_bytes: int) -> bytes:
+    async def _download(self, url: httpx.URL, max_bytes: int, caller: str | None) -> bytes:
         client, slots = self._session()
         total = self._settings.total_timeout_s
-        async with slots:  # the deadline starts once a slot is ours
+        # The caller's slot first: a caller waiting on its own cap holds no server slot.
+        async with self._callers.slot(caller), slots:  # the deadline starts once slots are ours
             deadline = asyncio.timeout(total)
             try:
                 async with deadline:
@@ -300,16 +361,19 @@ class MediaFetcher:
         addresses = [literal] if literal is not None else await self._resolver.resolve(host, port)
         self._policy.check(host, addresses)
         token = _PIN.set(_Pin(host, port, tuple(addresses)))
+        floor = _RateFloor(self._settings.min_rate, self._settings.min_rate_grace_s)
         try:
-            async with client.stream("GET", url) as response:
+            async with floor.timeout, client.stream("GET", url) as response:
                 if response.status_code in _REDIRECTS and "location" in response.headers:
                     return _redirect_target(url, response.headers["location"])
                 if response.status_code >= 300:
                     raise _failure(f"The server answered HTTP {response.status_code}.")
-                return await _read_body(response, max_bytes)
+                return await _read_body(response, max_bytes, floor)
         except InvalidMedia:
             raise
         except Exception as exc:
+            if floor.timeout.expired():
+                raise _failure(floor.message()) from None
             raise _failure(_explain(exc, host, self._settings)) from exc
         finally:
             _PIN.reset(token)
@@ -325,8 +389,9 @@ def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
     return target
 
 
-async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
-    """The body, refused the moment it would pass ``max_bytes``; gzip is inflated within the cap."""
+async def _read_body(response: httpx.Response, max_bytes: int, floor: _RateFloor) -> bytes:
+    """The body, refused the moment it would pass ``max_bytes``; gzip is inflated within the cap.
+    ``floor`` is told of every byte that arrives."""
     length = response.headers.get("content-length", "").strip()
     if length.isdigit() and int(length) > max_bytes:
         raise _too_large(max_bytes)
@@ -337,6 +402,7 @@ async def _read_body(response: httpx.Response, max_bytes: int) -> bytes:
     body = io.BytesIO()
     try:
         async for chunk in response.aiter_raw():
+            floor.got(len(chunk))
             if inflate is not None:
                 chunk = inflate.decompress(chunk, max_bytes - body.tell() + 1)
             if body.tell() + len(chunk) > max_bytes:

@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import anyio
@@ -45,6 +45,14 @@ def _first_api_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+@dataclass(frozen=True)
+class _Fetch:
+    """How one request fetches: its own slots, and who it is fetching for."""
+
+    slots: asyncio.Semaphore
+    caller: str | None
+
+
 class MediaProcessor:
     def __init__(self, settings: MediaSettings, *, resolver: Resolver | None = None) -> None:
         self.settings = settings
@@ -62,11 +70,17 @@ class MediaProcessor:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def process(
-        self, job: GenerationJob, policy: MediaPolicy, *, keep_bytes: bool = False
+        self,
+        job: GenerationJob,
+        policy: MediaPolicy,
+        *,
+        keep_bytes: bool = False,
+        caller: str | None = None,
     ) -> GenerationJob:
         """``job`` with every media item decoded; raises ``InvalidMedia`` on the first failure.
 
-        ``keep_bytes`` also keeps each item's fetched bytes, for engines that forward media."""
+        ``keep_bytes`` also keeps each item's fetched bytes, for engines that forward media;
+        ``caller`` names who asks, whose downloads at once are capped together."""
         items = [(i, j) for i, m in enumerate(job.messages) for j in range(len(m.media))]
         if not items:
             return job
@@ -77,7 +91,9 @@ class MediaProcessor:
 
         async def one(i: int, j: int) -> None:
             item = job.messages[i].media[j]
-            results[(i, j)] = await self._item(item, policy, limits, gate, keep_bytes, spend)
+            results[(i, j)] = await self._item(
+                item, policy, limits, _Fetch(gate, caller), keep_bytes, spend
+            )
 
         # anyio's task group, not asyncio.TaskGroup: on Python 3.11 the latter leaves the
         # request's task cancelled after a child fails, which then escapes the response's own
@@ -103,7 +119,7 @@ class MediaProcessor:
         item: MediaItem,
         policy: MediaPolicy,
         limits: MediaLimits,
-        gate: asyncio.Semaphore,
+        gate: _Fetch,
         keep_bytes: bool,
         spend: RequestBudget,
     ) -> tuple[DecodedMedia, tuple[bytes, ...]]:
@@ -148,10 +164,12 @@ class MediaProcessor:
             self.observe("decode", kind, time.monotonic() - fetched)
 
     async def _fetch(
-        self, source: str, max_bytes: int, gate: asyncio.Semaphore, *, bare_base64: bool = False
+        self, source: str, max_bytes: int, gate: _Fetch, *, bare_base64: bool = False
     ) -> bytes:
-        async with gate:
-            return await self.fetcher.fetch(source, max_bytes=max_bytes, bare_base64=bare_base64)
+        async with gate.slots:
+            return await self.fetcher.fetch(
+                source, max_bytes=max_bytes, bare_base64=bare_base64, caller=gate.caller
+            )
 
     async def _run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
