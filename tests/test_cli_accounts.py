@@ -142,3 +142,64 @@ def test_keys_created_by_the_cli_guard_a_running_server_and_usage_adds_up(tmp_pa
     assert code == 0 and re.search(r"\d{4}-\d{2}-\d{2}", out)
     code, out = cli("usage", "--since", "2999-01-01", *data)
     assert "no requests on the ledger" in out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_streams_cut_by_kill_9_are_closed_as_interrupted_when_a_server_starts(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A server killed mid-stream leaves its row running with the usage so far; the next
+    server to start closes it as interrupted before it serves, and the usage counts."""
+    import time
+
+    import sqlalchemy as sa
+
+    from omniserve.accounts.database import database_url, open_database
+    from omniserve.accounts.keys import KeyStore
+    from omniserve.accounts.schema import ledger
+
+    if backend == "sqlite":
+        where = ["--data-dir", str(tmp_path)]
+        url = database_url(None, tmp_path)
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+        where = ["--database-url", url]
+    engine = open_database(url)
+    key, secret = KeyStore(engine).create("app")
+    auth = {"Authorization": f"Bearer {secret}"}
+    pace = ["--tokens-per-second", "8", "--first-token-ms", "0"]  # a reply of about 10 s
+    with (
+        serving(*pace, *where) as s,
+        httpx.stream(
+            "POST",
+            f"{s.base}/v1/chat/completions",
+            json=chat_body(max_tokens=1000),
+            headers=auth,
+            timeout=30,
+        ) as r,
+    ):
+        assert r.status_code == 200
+        began = time.monotonic()
+        for _ in r.iter_lines():
+            if time.monotonic() - began > 6.5:  # past the first write of the usage so far
+                break
+        s.kill()
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(ledger)).one()._mapping
+    assert row["status"] == "running" and row["owner"], str(dict(row))
+    assert row["prompt_text"] > 0 and row["completion_text"] > 0  # the usage so far
+    code, out = cli("usage", *where)
+    assert "no requests on the ledger" in out  # running rows are not on the report
+
+    with serving(*pace, *where):
+        with engine.connect() as conn:
+            closed = conn.execute(sa.select(ledger)).one()._mapping
+        assert closed["status"] == "interrupted"
+        assert closed["completion_text"] >= row["completion_text"]
+        tokens = sum(
+            closed[c.name] for c in ledger.c if c.name.startswith(("prompt_", "completion_"))
+        )
+        assert KeyStore(engine).get(key.id).used_tokens == tokens > 0
+    code, out = cli("usage", "--by", "key", *where)
+    assert code == 0 and key.id in out, out
+    engine.dispose()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,14 +54,20 @@ def accounts_settings(
     return _settings(config, accounts=accounts or None)
 
 
-def open_engine(settings: Settings) -> Engine:
+@contextmanager
+def database(settings: Settings) -> Iterator[Engine]:
+    """The accounts database, its connections closed when the command is done with it."""
     from omniserve.accounts.database import DatabaseError, database_url, open_database
 
     url = database_url(settings.accounts.database_url, settings.accounts.data_dir.expanduser())
     try:
-        return open_database(url)
+        engine = open_database(url)
     except DatabaseError as exc:
         raise fail(str(exc)) from None
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def parse_limit(value: str | None, option: str) -> tuple[bool, int | None]:
@@ -127,10 +135,10 @@ def create(
             ("quota_tokens", quota_tokens),
         )
     }
-    store = KeyStore(open_engine(accounts_settings(config, database_url, data_dir)))
-    key, secret = store.create(
-        name.strip(), models=parse_models(models) or (), admin=admin, **limits
-    )
+    with database(accounts_settings(config, database_url, data_dir)) as engine:
+        key, secret = KeyStore(engine).create(
+            name.strip(), models=parse_models(models) or (), admin=admin, **limits
+        )
     console.print(f"created {key.id} ({escape(key.name)})")
     console.print("secret (shown once; store it now):")
     # Plain print: no wrapping or markup, so the line can be copied or piped as it is.
@@ -147,13 +155,14 @@ def list_keys(
     """List keys with their limits and the tokens they used (never their secrets)."""
     from omniserve.accounts.keys import KeyStore
 
-    store = KeyStore(open_engine(accounts_settings(config, database_url, data_dir)))
+    with database(accounts_settings(config, database_url, data_dir)) as engine:
+        keys = KeyStore(engine).all(include_revoked=all_)
     table = Table(title="API keys")
     for column in ("id", "name", "key", "created", "status", "rpm", "tpm", "streams"):
         table.add_column(column)
     for column in ("quota", "used", "models"):
         table.add_column(column)
-    for k in store.all(include_revoked=all_):
+    for k in keys:
         table.add_row(
             k.id,
             escape(k.name),
@@ -209,11 +218,11 @@ def update(
         changes["admin"] = admin
     if not changes:
         raise fail("nothing to change: give at least one option", 2)
-    store = KeyStore(open_engine(accounts_settings(config, database_url, data_dir)))
-    try:
-        key = store.update(key_id, **changes)
-    except KeyNotFound:
-        raise fail(f"no key {key_id!r}; see `omniserve keys list --all`") from None
+    with database(accounts_settings(config, database_url, data_dir)) as engine:
+        try:
+            key = KeyStore(engine).update(key_id, **changes)
+        except KeyNotFound:
+            raise fail(f"no key {key_id!r}; see `omniserve keys list --all`") from None
     console.print(f"updated {key.id} ({escape(key.name)})")
 
 
@@ -227,11 +236,11 @@ def revoke(
     """Revoke a key: every server refuses it from its next request on."""
     from omniserve.accounts.keys import KeyNotFound, KeyStore
 
-    store = KeyStore(open_engine(accounts_settings(config, database_url, data_dir)))
-    try:
-        key = store.revoke(key_id)
-    except KeyNotFound:
-        raise fail(f"no key {key_id!r}; see `omniserve keys list --all`") from None
+    with database(accounts_settings(config, database_url, data_dir)) as engine:
+        try:
+            key = KeyStore(engine).revoke(key_id)
+        except KeyNotFound:
+            raise fail(f"no key {key_id!r}; see `omniserve keys list --all`") from None
     console.print(f"revoked {key.id} ({escape(key.name)})")
 
 
@@ -274,7 +283,8 @@ def usage(
         raise fail("--by must be model, key or day", 2)
     settings = accounts_settings(config, database_url, data_dir)
     since_ms = parse_since(since)
-    lines = usage_report(open_engine(settings), by=by, key_id=key, since_ms=since_ms)  # type: ignore[arg-type]
+    with database(settings) as engine:
+        lines = usage_report(engine, by=by, key_id=key, since_ms=since_ms)  # type: ignore[arg-type]
     region = settings.accounts.price_region
     currency = next(
         (p.currency for m in Catalog.default() for p in m.prices if p.region == region), ""

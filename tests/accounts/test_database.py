@@ -46,6 +46,45 @@ def test_migrating_twice_is_harmless(tmp_path: Path) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_ledger_from_the_first_revision_keeps_its_rows(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A database made by an earlier release upgrades in place; its rows have no owner."""
+    from alembic import command
+    from alembic.config import Config
+
+    from omniserve.accounts.database import create_engine
+
+    if backend == "sqlite":
+        url = database_url(None, tmp_path)
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    engine = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", "omniserve.accounts:migrations")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    zeros = ", ".join(["0"] * 8)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO ledger (request_id, key_id, started_ms, model, status, prompt_text, "
+                "prompt_image, prompt_audio, prompt_video, completion_text, completion_audio, "
+                f"completion_reasoning, audio_seconds, cost) VALUES ('old', NULL, 1, 'm', "
+                f"'running', {zeros}, 0)"
+            )
+        )
+    engine.dispose()
+    engine = open_database(url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT status, owner FROM ledger")).one()
+    assert tuple(row) == ("running", None)
+    engine.dispose()
+    assert _diff(url) == []
+
+
 def test_default_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     assert database_url(None, tmp_path) == f"sqlite:///{tmp_path}/omniserve.db"
     assert database_url("postgresql://x/y", tmp_path) == "postgresql://x/y"

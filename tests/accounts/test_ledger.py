@@ -9,7 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from omniserve.accounts.keys import KeyStore, now_ms
-from omniserve.accounts.ledger import LedgerWriter, Outcome, Started, sweep
+from omniserve.accounts.ledger import (
+    RUNNING,
+    LedgerWriter,
+    Outcome,
+    Started,
+    close_running,
+    running_owners,
+    sweep,
+)
 from omniserve.accounts.schema import ledger
 from omniserve.accounts.usage import totals, usage_report
 
@@ -127,6 +135,73 @@ def test_sweep_marks_stale_running_rows_and_deletes_old_ones(engine: Engine) -> 
     assert set(got) == {"stale", "fresh", "done"}
     assert got["stale"]["status"] == "interrupted" and got["fresh"]["status"] == "running"
     assert sweep(engine, retention_days=0, stale_after_s=3600) == (0, 0)
+
+
+def test_stale_rows_closed_by_the_sweep_count_their_usage_so_far(engine: Engine) -> None:
+    key, _ = KeyStore(engine).create("k")
+    writer = LedgerWriter(engine, interval_s=0.001, hold_s=0)
+    writer.started(Started("s", key.id, "m", now_ms() - 2 * 86_400_000))
+    writer.progress(Outcome("s", key.id, RUNNING, prompt_text=10, completion_text=5))
+    writer.close()
+    assert sweep(engine, retention_days=90, stale_after_s=3600) == (1, 0)
+    row = rows(engine)["s"]
+    assert (row["status"], row["prompt_text"], row["completion_text"]) == ("interrupted", 10, 5)
+    assert KeyStore(engine).get(key.id).used_tokens == 15
+
+
+def test_the_usage_so_far_of_a_running_request_is_written(engine: Engine) -> None:
+    key, _ = KeyStore(engine).create("k")
+    writer = LedgerWriter(engine, owner="here", interval_s=0.001, hold_s=0.2)
+    writer.started(Started("r", key.id, "m", now_ms()))
+    # Told while the start is still held: the running row is inserted with it.
+    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=3))
+    assert writer.flush()
+    row = rows(engine)["r"]
+    assert (row["status"], row["completion_text"], row["owner"]) == (RUNNING, 3, "here")
+    # Told again: the row follows; the key's used tokens wait for the end.
+    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=7))
+    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=9))
+    assert writer.flush()
+    assert rows(engine)["r"]["completion_text"] == 9
+    assert KeyStore(engine).get(key.id).used_tokens == 0
+    # The completion wins over any usage so far, before it or after it.
+    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=11))
+    writer.finished(Outcome("r", key.id, "ok", prompt_text=10, completion_text=12))
+    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=13))
+    writer.close()
+    row = rows(engine)["r"]
+    assert (row["status"], row["completion_text"]) == ("ok", 12)
+    assert KeyStore(engine).get(key.id).used_tokens == 22
+
+
+def test_running_rows_of_gone_owners_are_closed_with_their_usage(engine: Engine) -> None:
+    key, _ = KeyStore(engine).create("k")
+    for owner, rid in (("dead", "d1"), ("dead", "d2"), ("alive", "a1")):
+        writer = LedgerWriter(engine, owner=owner, interval_s=0.001, hold_s=0)
+        writer.started(Started(rid, key.id, "m", now_ms()))
+        writer.progress(Outcome(rid, key.id, RUNNING, prompt_text=4, completion_audio=6))
+        writer.close()
+    finished = LedgerWriter(engine, owner="dead", interval_s=0.001)
+    finished.started(Started("done", key.id, "m", now_ms()))
+    finished.finished(Outcome("done", key.id, "ok", prompt_text=1))
+    finished.close()
+    assert sorted(running_owners(engine)) == ["alive", "dead"]
+    assert KeyStore(engine).get(key.id).used_tokens == 1
+
+    assert close_running(engine, owners=["dead"]) == 2
+    assert close_running(engine, owners=["dead"]) == 0  # closing is once
+    got = rows(engine)
+    assert {rid: got[rid]["status"] for rid in ("d1", "d2", "a1", "done")} == {
+        "d1": "interrupted",
+        "d2": "interrupted",
+        "a1": RUNNING,
+        "done": "ok",
+    }
+    assert got["d1"]["completion_audio"] == 6
+    assert KeyStore(engine).get(key.id).used_tokens == 1 + 2 * 10
+    assert running_owners(engine) == ["alive"]
+    # The ledger's report counts them, with what they used.
+    assert totals(usage_report(engine)).prompt_tokens == 4 + 4 + 1
 
 
 def test_usage_report_groups_and_totals(engine: Engine) -> None:

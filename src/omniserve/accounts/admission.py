@@ -21,8 +21,17 @@ from anyio.to_thread import run_sync
 
 from omniserve.accounts.database import database_url, open_database
 from omniserve.accounts.keys import ApiKey, KeyRing, KeyStore
-from omniserve.accounts.ledger import LedgerWriter, Outcome, Started, sweep
+from omniserve.accounts.ledger import (
+    RUNNING,
+    LedgerWriter,
+    Outcome,
+    Started,
+    close_running,
+    running_owners,
+    sweep,
+)
 from omniserve.accounts.limits import InProcessLimiter, Limiter, Limits, Refused, Reservation
+from omniserve.accounts.owners import Presence, new_owner
 from omniserve.accounts.pricing import cost
 from omniserve.accounts.watch import KeyWatch, watch_for
 from omniserve.config import AccountsSettings
@@ -57,6 +66,10 @@ log = logging.getLogger("omniserve.accounts")
 
 AuthLevel = Literal["public", "key", "admin"]
 SWEEP_EVERY_S = 3600.0
+# How often a server looks for running rows of servers that died (it also does at start-up).
+REAP_EVERY_S = 60.0
+# How often a running request's usage so far is written to its ledger row.
+PROGRESS_EVERY_S = 5.0
 PCM_BYTES_PER_SECOND = 24_000 * 2
 
 
@@ -138,6 +151,7 @@ class Accounts:
         self.ring: KeyRing | None = None
         self.watch: KeyWatch | None = None
         self.writer: LedgerWriter | None = None
+        self.presence: Presence | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._warned: dict[str, float] = {}
         self.pending: set[asyncio.Task[None]] = set()
@@ -151,9 +165,18 @@ class Accounts:
         if self._limiter is None:
             self.limiter = make_limiter(self.settings)
         if self.settings.ledger:
-            self.writer = LedgerWriter(engine)
+            self.presence = Presence(engine, new_owner())
+            try:
+                held = await run_sync(self.presence.hold)
+            except OSError as exc:
+                log.warning("ledger: cannot mark this server as running (%s)", exc)
+                held = False
+            self.writer = LedgerWriter(engine, owner=self.presence.owner if held else None)
             if self.metrics is not None:
                 self.writer.on_drop = self.metrics.ledger_dropped.inc
+            # Before serving: close what a server that died left running.
+            with contextlib.suppress(Exception):
+                await self.reap()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -165,26 +188,63 @@ class Accounts:
             await self.watch.close()
         if self.writer is not None:
             await run_sync(self.writer.close)
+        if self.presence is not None:
+            self.presence.release()
         await self.limiter.close()
         if self.store is not None:
             self.store.engine.dispose()
 
+    async def reap(self) -> int:
+        """Closes as interrupted the running rows of server processes that are gone, with the
+        usage they had reached; returns how many."""
+        presence, store = self.presence, self.store
+        if presence is None or store is None or not presence.tells:
+            return 0
+
+        def reap() -> int:
+            presence.hold()  # taken again if its database session was lost
+            dead = presence.gone(running_owners(store.engine))
+            if not dead:
+                return 0
+            closed = close_running(store.engine, owners=dead)
+            for owner in dead:
+                presence.forget(owner)
+            return closed
+
+        try:
+            closed = await run_sync(reap)
+        except Exception:
+            log.exception("ledger: looking for requests of stopped servers failed")
+            raise
+        if closed:
+            log.warning(
+                "ledger: %d requests of a server that stopped without ending them are closed "
+                "as interrupted, with the usage they had reached",
+                closed,
+            )
+        return closed
+
     async def _sweep_forever(self) -> None:
         assert self.store is not None
+        swept = -SWEEP_EVERY_S
         while True:
-            try:
-                interrupted, deleted = await run_sync(
-                    lambda: sweep(
-                        self.store.engine,  # type: ignore[union-attr]
-                        retention_days=self.settings.retention_days,
-                        stale_after_s=self.settings.stale_after_s,
+            if time.monotonic() - swept >= SWEEP_EVERY_S:
+                swept = time.monotonic()
+                try:
+                    interrupted, deleted = await run_sync(
+                        lambda: sweep(
+                            self.store.engine,  # type: ignore[union-attr]
+                            retention_days=self.settings.retention_days,
+                            stale_after_s=self.settings.stale_after_s,
+                        )
                     )
-                )
-                if interrupted or deleted:
-                    log.info("ledger: %d rows interrupted, %d expired", interrupted, deleted)
-            except Exception:
-                log.exception("ledger sweep failed")
-            await asyncio.sleep(SWEEP_EVERY_S)
+                    if interrupted or deleted:
+                        log.info("ledger: %d rows interrupted, %d expired", interrupted, deleted)
+                except Exception:
+                    log.exception("ledger sweep failed")
+            await asyncio.sleep(REAP_EVERY_S)
+            with contextlib.suppress(Exception):  # logged by reap
+                await self.reap()
 
     async def _current_keys(self) -> KeyRing:
         assert self.watch is not None, "Accounts.start() was not awaited"
@@ -327,6 +387,10 @@ class Ticket:
         self.started = started
         self.closed = False
         self.interrupted_by: str | None = None  # the error code when the server ended it
+        # Reply tokens counted for the ledger's usage so far: of the first N pieces of text
+        # and of reasoning.
+        self._counted = [0, 0]
+        self._pieces = [0, 0]
         metrics = accounts.metrics
         self.model_label = metrics.model(job.model_name) if metrics else ""
         if metrics is not None:
@@ -370,9 +434,13 @@ class Ticket:
         metrics = self.accounts.metrics
         gaps = metrics.gap.labels(self.model_label) if metrics is not None else None
         last: float | None = None
+        told = time.monotonic()
         try:
             async for event in events:
                 produced = True
+                if time.monotonic() - told >= PROGRESS_EVERY_S:
+                    told = time.monotonic()
+                    self._progress(text, reasoning, audio_bytes, ttft, ttfa)
                 content = False
                 if isinstance(event, TextDelta | ReasoningDelta):
                     content = bool(event.text)
@@ -420,6 +488,72 @@ class Ticket:
                     ttft=ttft,
                     ttfa=ttfa,
                 )
+
+    def _progress(
+        self,
+        text: list[str],
+        reasoning: list[str],
+        audio_bytes: int,
+        ttft: float | None,
+        ttfa: float | None,
+    ) -> None:
+        """Writes the usage so far to the ledger's running row, counting only the pieces of
+        reply that arrived since the last time (so a long reply costs no more each time)."""
+        writer = self.accounts.writer
+        if writer is None:
+            return
+        for i, pieces in enumerate((text, reasoning)):
+            new = "".join(pieces[self._pieces[i] :])
+            self._pieces[i] = len(pieces)
+            if new:
+                self._counted[i] += self.accounts.tokenizer.count(new)
+        rate = self.job.model.tokens.output_audio_tokens_per_second
+        usage = Usage(
+            prompt=self.prompt,
+            completion=CompletionTokens(
+                text=self._counted[0],
+                audio=round(audio_bytes / PCM_BYTES_PER_SECOND * rate),
+                reasoning=self._counted[1],
+            ),
+        )
+        seconds = audio_bytes / PCM_BYTES_PER_SECOND
+        writer.progress(self._outcome(RUNNING, None, usage, None, seconds, ttft, ttfa))
+
+    def _outcome(
+        self,
+        status: str,
+        code: str | None,
+        usage: Usage,
+        finish_reason: str | None,
+        audio_seconds: float,
+        ttft: float | None,
+        ttfa: float | None,
+    ) -> Outcome:
+        """The ledger's row for this request as of now."""
+
+        def ms(t: float | None) -> int | None:
+            return None if t is None else round((t - self.started) * 1000)
+
+        p, c = usage.prompt, usage.completion
+        return Outcome(
+            request_id=self.job.request_id,
+            key_id=self.caller.key_id,
+            status=status,
+            error_code=code,
+            finish_reason=finish_reason,
+            prompt_text=p.text,
+            prompt_image=p.image,
+            prompt_audio=p.audio,
+            prompt_video=p.video,
+            completion_text=c.text,
+            completion_audio=c.audio,
+            completion_reasoning=c.reasoning,
+            audio_seconds=round(audio_seconds, 3),
+            ttft_ms=ms(ttft),
+            ttfa_ms=ms(ttfa),
+            duration_ms=ms(time.monotonic()),
+            cost=cost(self.job.model, usage, self.accounts.settings.price_region),
+        )
 
     def _partial_usage(self, text: str, reasoning: str, audio_bytes: int) -> Usage:
         """What a stream that ended early used, counted from what it delivered."""
@@ -507,23 +641,5 @@ class Ticket:
         if writer is None:
             return
         writer.finished(
-            Outcome(
-                request_id=self.job.request_id,
-                key_id=self.caller.key_id,
-                status=status,
-                error_code=code,
-                finish_reason=finish_reason,
-                prompt_text=p.text,
-                prompt_image=p.image,
-                prompt_audio=p.audio,
-                prompt_video=p.video,
-                completion_text=c.text,
-                completion_audio=c.audio,
-                completion_reasoning=c.reasoning,
-                audio_seconds=round(audio_seconds, 3),
-                ttft_ms=ms(ttft),
-                ttfa_ms=ms(ttfa),
-                duration_ms=ms(ended),
-                cost=cost(self.job.model, usage, self.accounts.settings.price_region),
-            )
+            self._outcome(status, code, usage, finish_reason, audio_seconds, ttft, ttfa)
         )

@@ -1,10 +1,13 @@
 """The usage ledger: one row per admitted request, on the books once, however it ends.
 
-A row is inserted as ``running`` once the request has run a moment and completed when its
-stream ends (finished, failed or abandoned by the client), so a server killed mid-stream leaves its
-in-flight requests visible rather than lost; ``sweep`` later marks them ``interrupted``. The
-request id is the primary key and a completion only touches a ``running`` row, so nothing is
-written twice.
+A row is inserted as ``running`` once the request has run a moment, brought up to date with
+the usage so far every few seconds while it runs, and completed when its stream ends (finished,
+failed or abandoned by the client). A server killed mid-stream leaves its in-flight requests on
+the books with what they had used: the next server to start (or a live replica, within a
+minute) sees that the row's owner is gone (``owners.py``) and closes them as ``interrupted``,
+counting that usage to their keys; ``sweep`` closes rows no owner can be told for once they are
+older than any stream lives. The request id is the primary key and a completion only touches a
+``running`` row, so nothing is written twice.
 
 Writes leave the request path: a writer thread batches them, one transaction (on PostgreSQL
 one statement) per batch; a request that ends within a second of its start is written once,
@@ -82,17 +85,21 @@ _OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome) if f.name not in ("reque
 _TOKEN_FIELDS = tuple(n for n in _OUTCOME_FIELDS if n.startswith(("prompt_", "completion_")))
 
 
+RUNNING = "running"  # an Outcome with this status is the usage so far of a running request
+
+
 class _Stop:
     pass
 
 
-def _row(start: Started, outcome: Outcome) -> dict[str, Any]:
+def _row(start: Started, outcome: Outcome, owner: str | None) -> dict[str, Any]:
     return {
         "request_id": start.request_id,
         "key_id": start.key_id,
         "model": start.model,
         "started_ms": start.started_ms,
         **outcome.columns(),
+        "owner": owner,
     }
 
 
@@ -105,20 +112,24 @@ class LedgerWriter:
 
     A start is held ``hold_s`` before its ``running`` row is written: a request that ends
     within that time (most do) is written once, complete, instead of inserted and then
-    updated. A longer one is on the books as ``running`` from then on. ``flush`` and ``close``
-    write held starts at once.
+    updated. A longer one is on the books as ``running`` from then on, and ``progress`` keeps
+    its usage so far up to date. ``flush`` and ``close`` write held starts at once.
+
+    ``owner`` names this process on every row it writes (see ``owners.py``).
     """
 
     def __init__(
         self,
         engine: Engine,
         *,
+        owner: str | None = None,
         interval_s: float = 0.05,
         hold_s: float = 1.0,
         max_batch: int = 1000,
         max_pending: int = 200_000,
     ) -> None:
         self.engine = engine
+        self.owner = owner
         self.max_pending = max_pending
         self.on_drop: Callable[[int], None] | None = None  # told of rows given up
         self._closing = False
@@ -129,8 +140,9 @@ class LedgerWriter:
         self._wake = threading.Event()
         self._idle = False
         self._conn: sa.Connection | None = None
-        # Starts not written yet, oldest first: request id -> (monotonic time, start).
-        self._held: dict[str, tuple[float, Started]] = {}
+        # Starts not written yet, oldest first: request id -> (monotonic time, start, the
+        # usage so far when some was told).
+        self._held: dict[str, tuple[float, Started, Outcome | None]] = {}
         self._thread = threading.Thread(target=self._run, name="omniserve-ledger", daemon=True)
         self._thread.start()
 
@@ -148,6 +160,12 @@ class LedgerWriter:
 
     def finished(self, outcome: Outcome) -> None:
         self._put(outcome)
+
+    def progress(self, so_far: Outcome) -> None:
+        """A running request's usage so far (``status`` ``running``); a later one replaces it,
+        its completion overrides it."""
+        assert so_far.status == RUNNING
+        self._put(so_far)
 
     def depth(self) -> int:
         """Entries not written yet (queued, and starts held)."""
@@ -224,12 +242,16 @@ class LedgerWriter:
         them with ``everything``) are written as ``running``."""
         now = time.monotonic()
         finished: dict[str, Outcome] = {}
+        so_far: dict[str, Outcome] = {}
         for item in batch:
             if isinstance(item, Started):
-                self._held.setdefault(item.request_id, (now, item))
+                self._held.setdefault(item.request_id, (now, item, None))
             elif isinstance(item, Outcome):
-                # The first completion of a request counts; any later one never.
-                finished.setdefault(item.request_id, item)
+                if item.status == RUNNING:
+                    so_far[item.request_id] = item  # the latest counts
+                else:
+                    # The first completion of a request counts; any later one never.
+                    finished.setdefault(item.request_id, item)
         inserts: list[dict[str, Any]] = []
         updates: list[Outcome] = []
         for rid, outcome in finished.items():
@@ -237,13 +259,21 @@ class LedgerWriter:
             if held is None:
                 updates.append(outcome)
             else:
-                inserts.append(_row(held[1], outcome))
+                inserts.append(_row(held[1], outcome, self.owner))
+        for rid, outcome in so_far.items():
+            if rid in finished:
+                continue
+            if rid in self._held:
+                at, start, _ = self._held[rid]
+                self._held[rid] = (at, start, outcome)
+            else:
+                updates.append(outcome)
         while self._held:
-            rid, (at, start) = next(iter(self._held.items()))
+            rid, (at, start, known) = next(iter(self._held.items()))
             if not everything and at + self.hold_s > now:
                 break
             del self._held[rid]
-            inserts.append(_row(start, Outcome(rid, start.key_id, "running")))
+            inserts.append(_row(start, known or Outcome(rid, start.key_id, RUNNING), self.owner))
         if not inserts and not updates:
             return
         # Safe to repeat after an error whose outcome is unknown: a start already on the
@@ -307,7 +337,7 @@ def _store_sqlite(
         inserted = conn.exec_driver_sql(
             _SQLITE_INSERT, [tuple(r[n] for n in columns) for r in inserts]
         ).rowcount
-        finished = [r for r in inserts if r["status"] != "running"]
+        finished = [r for r in inserts if r["status"] != RUNNING]
         if inserted == len(inserts):
             landed += finished
         elif finished:  # some ids were already on the books: which of these are new?
@@ -333,18 +363,25 @@ def _store_sqlite(
                 _SQLITE_COMPLETE,
                 [(*(getattr(o, n) for n in _OUTCOME_FIELDS), o.request_id) for o in completing],
             )
+    _count_used(
+        conn,
+        [(r["key_id"], _row_tokens(r)) for r in landed]
+        + [(o.key_id, o.tokens) for o in completing if o.status != RUNNING],
+    )
+    return inserted, len(completing)
+
+
+def _count_used(conn: sa.Connection, landed: list[tuple[str | None, int]]) -> None:
+    """Adds the tokens of rows that reached a final status to their keys' used tokens."""
     usage: dict[str, int] = {}
-    for key_id, tokens in [(r["key_id"], _row_tokens(r)) for r in landed] + [
-        (o.key_id, o.tokens) for o in completing
-    ]:
+    for key_id, tokens in landed:
         if key_id is not None and tokens:
             usage[key_id] = usage.get(key_id, 0) + tokens
     if usage:
-        conn.exec_driver_sql(
-            "UPDATE api_keys SET used_tokens = used_tokens + ? WHERE id = ?",
-            [(t, k) for k, t in usage.items()],
+        conn.execute(
+            sa.text("UPDATE api_keys SET used_tokens = used_tokens + :t WHERE id = :k"),
+            [{"t": t, "k": k} for k, t in usage.items()],
         )
-    return inserted, len(completing)
 
 
 def _row_tokens(row: dict[str, Any]) -> int:
@@ -404,19 +441,45 @@ def _store_postgres(
     return int(inserted), int(completed)
 
 
+def close_running(
+    engine: Engine, *, owners: list[str] | None = None, before_ms: int | None = None
+) -> int:
+    """Closes ``running`` rows as ``interrupted``, keeping the usage they had reached and
+    counting it to their keys: those of ``owners``, or those started before ``before_ms``.
+    Returns how many were closed."""
+    c = ledger.c
+    query = sa.update(ledger).where(c.status == RUNNING)
+    if owners is not None:
+        query = query.where(c.owner.in_(owners))
+    if before_ms is not None:
+        query = query.where(c.started_ms < before_ms)
+    query = query.values(status="interrupted").returning(c.key_id, *(c[n] for n in _TOKEN_FIELDS))
+    with engine.begin() as conn:
+        closed = conn.execute(query).all()
+        _count_used(conn, [(r[0], sum(r[1:])) for r in closed])
+    return len(closed)
+
+
+def running_owners(engine: Engine) -> list[str]:
+    """The owners that have rows ``running``."""
+    query = (
+        sa.select(ledger.c.owner)
+        .where(ledger.c.status == RUNNING)
+        .where(ledger.c.owner.is_not(None))
+        .distinct()
+    )
+    with engine.connect() as conn:
+        return [str(o) for o in conn.execute(query).scalars()]
+
+
 def sweep(engine: Engine, *, retention_days: int, stale_after_s: float) -> tuple[int, int]:
-    """Marks rows left ``running`` longer than any stream lives as ``interrupted`` and deletes
+    """Closes rows left ``running`` longer than any stream lives as ``interrupted`` and deletes
     rows older than the retention (0: keep forever). Returns (interrupted, deleted)."""
     now = now_ms()
-    with engine.begin() as conn:
-        interrupted = conn.execute(
-            sa.update(ledger)
-            .where(ledger.c.status == "running")
-            .where(ledger.c.started_ms < now - int(stale_after_s * 1000))
-            .values(status="interrupted")
-        ).rowcount
-        deleted = 0
-        if retention_days > 0:
+    interrupted = close_running(engine, before_ms=now - int(stale_after_s * 1000))
+    deleted = 0
+    if retention_days > 0:
+        with engine.begin() as conn:
             deleted = conn.execute(
                 sa.delete(ledger).where(ledger.c.started_ms < now - retention_days * 86_400_000)
             ).rowcount

@@ -73,6 +73,10 @@ ledger = Table(
     Column("ttfa_ms", Integer, nullable=True),
     Column("duration_ms", Integer, nullable=True),
     Column("cost", Float, nullable=False, default=0.0),
+    # The server process that wrote the row (see accounts/owners.py): its running rows are
+    # closed as interrupted once that process is gone. NULL on rows from before revision 0002.
+    Column("owner", String(64), nullable=True),
     Index("ix_ledger_key_started", "key_id", "started_ms"),
     Index("ix_ledger_started", "started_ms"),
+    Index("ix_ledger_status_owner", "status", "owner"),  # running rows, by owner
 )
