@@ -39,6 +39,8 @@ TOKEN_KINDS = (
 )
 # Seconds: from a cached loopback answer (ms) to a slow model's first token (s).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Event-loop lag: a healthy loop stays under a few milliseconds.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 GAP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 MEDIA_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -174,6 +176,13 @@ class Metrics:
         self.tasks = Gauge(
             "omniserve_event_loop_tasks", "Tasks alive on the event loop.", registry=registry
         )
+        self.loop_lag = Histogram(
+            "omniserve_event_loop_lag_seconds",
+            "How late the event loop ran a timer, sampled 20 times a second: how long something "
+            "held it (every request and stream waits that long).",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
 
     def error(self, code: str) -> None:
         self.errors.labels(code if code in _known_codes() else OTHER).inc()
@@ -190,6 +199,14 @@ class Metrics:
 
     def watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
+
+    async def watch_lag(self, every_s: float = 0.05) -> None:
+        """Runs until cancelled: how late each timer ``every_s`` ahead fires, into ``loop_lag``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(every_s)
+            self.loop_lag.observe(max(0.0, loop.time() - began - every_s))
 
     def observe_media(self, stage: str, kind: str, seconds: float) -> None:
         self.media.labels(stage, kind).observe(seconds)

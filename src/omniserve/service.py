@@ -81,7 +81,7 @@ class ChatService:
     def models(self) -> list[ModelSpec]:
         return list(self.catalog)
 
-    def prepare(self, body: bytes, request_id: str) -> ValidatedRequest:
+    def prepare(self, body: bytes | bytearray, request_id: str) -> ValidatedRequest:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message.
 
         Its work grows with the body: the API runs it on a worker thread, never on the event

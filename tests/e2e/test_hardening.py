@@ -338,8 +338,13 @@ def _chat(messages: str) -> bytes:
     ("name", "body", "message"),
     [
         (
-            "a 12 MB one-word message",
-            _chat('[{"role": "user", "content": "' + "a" * 12_000_000 + '"}]'),
+            "a 60 MB one-word message",
+            _chat('[{"role": "user", "content": "' + "a" * 60_000_000 + '"}]'),
+            "bytes of text besides media",
+        ),
+        (
+            "a 7 MB one-word message",
+            _chat('[{"role": "user", "content": "' + "a" * 7_000_000 + '"}]'),
             "Range of input length should be [1, 49152]",
         ),
         (

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omniserve import __version__
 from omniserve.accounts.admission import Accounts
+from omniserve.allocator import map_large_blocks
 from omniserve.api import admin, chat, models
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
@@ -104,15 +105,18 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        map_large_blocks()
         metrics.watch_loop(asyncio.get_running_loop())
         await accounts.start()
         if accounts.writer is not None:
             metrics.watch_ledger(accounts.writer.depth)
         try:
             await svc.start()
+            lag = asyncio.create_task(metrics.watch_lag())
             try:
                 yield
             finally:
+                lag.cancel()
                 await svc.close()
         finally:
             await accounts.close()

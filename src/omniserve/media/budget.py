@@ -17,14 +17,12 @@ back to the system: decodes on several threads fill several heap arenas, which g
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 
+from omniserve.allocator import give_back_memory
 from omniserve.errors import InvalidMedia
 
 MB = 1024 * 1024
@@ -160,21 +158,3 @@ class DecodeBudget:
 # few seconds, so that the requests' own leftovers are freed by then too).
 TRIM_AFTER = 64 * MB
 TRIM_EVERY_S = 5.0
-
-
-@cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-
-
-def give_back_memory() -> None:
-    """Return the C heap's free pages to the system (glibc's ``malloc_trim``; elsewhere a
-    no-op). Large decodes leave arenas full of freed blocks that glibc keeps otherwise."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)

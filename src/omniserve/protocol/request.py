@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from omniserve.errors import InvalidParameter
+from omniserve.protocol import bigjson
 
 
 class _Strict(BaseModel):
@@ -132,25 +133,47 @@ def _not_json(constant: str) -> Any:
 # legitimate body is a few long strings (media), never hundreds of thousands of values.
 LARGE_BODY = 1024 * 1024
 MAX_JSON_VALUES = 200_000
+_SLICE = 4 * 1024 * 1024
+
+
+def _json_values(body: bytes | bytearray) -> int:
+    """At least how many JSON values ``body`` holds, counted a slice at a time (a long scan in
+    one call would hold the interpreter lock, and so every other thread, until it ends), and
+    only until past the limit."""
+    values = 0
+    for start in range(0, len(body), _SLICE):
+        end = start + _SLICE
+        values += sum(body.count(c, start, end) for c in (b"{", b"[", b","))
+        if values > MAX_JSON_VALUES:
+            break
+    return values
 
 
 def parse_chat_request(
-    body: bytes, *, max_messages: int = 1024, max_parts: int = 1024
+    body: bytes | bytearray, *, max_messages: int = 1024, max_parts: int = 1024
 ) -> ChatRequest:
     """Parse a request body or raise a 400 that names what is wrong and where.
 
     What a request may hold is bounded before anything costs more than a glance at its bytes:
     the JSON values of a large body, then its messages and content parts, so that parsing,
     validation and the errors collected stay small whatever arrives."""
-    if len(body) > LARGE_BODY:
-        values = body.count(b"{") + body.count(b"[") + body.count(b",")
-        if values > MAX_JSON_VALUES:
-            raise InvalidParameter(
-                f"Request body holds more than {MAX_JSON_VALUES} JSON values; a request is a "
-                "few messages and media."
-            )
+    if len(body) > LARGE_BODY and _json_values(body) > MAX_JSON_VALUES:
+        raise InvalidParameter(
+            f"Request body holds more than {MAX_JSON_VALUES} JSON values; a request is a "
+            "few messages and media."
+        )
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_not_json)
+        data = bigjson.loads(body, parse_constant=_not_json)
+    except bigjson.TooMuchOutsideMedia:
+        raise InvalidParameter(
+            f"Request body holds more than {bigjson.MAX_TEXT} bytes of text besides media; "
+            "no text that long fits a model's input."
+        ) from None
+    except bigjson.LongEscapedString:
+        raise InvalidParameter(
+            f"Request body holds a string of more than {bigjson.MAX_ESCAPED} bytes with "
+            "escape sequences; media are base64, text that long fits no model's input."
+        ) from None
     except _NotJson as exc:
         raise InvalidParameter(
             f"Request body is not valid JSON: {exc} is not a JSON value."
@@ -170,7 +193,7 @@ def parse_chat_request(
         raise InvalidParameter("Request body is not valid JSON: a number is too long.") from None
     if not isinstance(data, dict):
         raise InvalidParameter("Request body must be a JSON object.")
-    if _SURROGATE_ESCAPE.search(body):
+    if bigjson.search(_SURROGATE_ESCAPE, body, 0, len(body)) >= 0:
         # Escaped surrogate pairs decode to one character; a lone one stays a surrogate, which
         # no text encoding can carry (the engines, the ledger and the error envelope all fail).
         loc = _lone_surrogate(data)
