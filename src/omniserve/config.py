@@ -236,7 +236,8 @@ class AccountsSettings(BaseModel):
     ledger: bool = True
     # Ledger rows older than this are deleted (0: keep forever).
     retention_days: int = Field(default=90, ge=0)
-    # A row still "running" after this long belongs to a server that died: "interrupted".
+    # A "running" row of a server that died is closed as "interrupted" when the next server
+    # starts (accounts/owners.py); one whose server cannot be told is closed after this long.
     stale_after_s: float = Field(default=3600.0, ge=0)
     # Whose list prices the ledger's cost uses: cn-beijing (CNY) or ap-southeast-1 (USD).
     price_region: Literal["cn-beijing", "ap-southeast-1"] = "cn-beijing"
