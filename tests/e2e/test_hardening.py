@@ -277,6 +277,27 @@ def test_a_body_at_a_byte_a_second_is_answered_408(strict: LiveServer) -> None:
         assert time.monotonic() - began < 3
 
 
+def test_a_client_still_sending_gets_the_answer_not_a_reset(strict: LiveServer) -> None:
+    """The 408 goes out while the client still has body to send. Bytes that reach a closed
+    socket make the kernel answer with a reset, and a reset drops what the client had not read
+    yet: the server half-closes instead, reads on and drops the rest, so the client reads the
+    408 and an orderly end."""
+    with socket.create_connection(_address(strict)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 4000000\r\n\r\n{"
+        )
+        time.sleep(1.2)  # past the body's deadline: the 408 is here, unread
+        for _ in range(8):
+            sock.sendall(b" " * 65536)
+        time.sleep(0.2)
+        sock.settimeout(5)
+        answer = b""
+        while chunk := sock.recv(65536):  # a reset raises here
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
 def test_connections_beyond_the_cap_are_answered_503(strict: LiveServer) -> None:
     held = [socket.create_connection(_address(strict)) for _ in range(8)]
     try:
