@@ -53,22 +53,22 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT)]  # runs unins
 
 from helpers import LiveServer, fast_settings, live_server  # noqa: E402
 from omniserve.config import Settings  # noqa: E402
-from omniserve.engines.base import (  # noqa: E402
+from omniserve.engines.hf.checkpoint import MODEL_TYPES  # noqa: E402
+from omniserve.engines.hf.engine import TransformersEngine  # noqa: E402
+from omniserve.engines.hf.loader import LoadedModel, has_native_video  # noqa: E402
+from omniserve.engines.hf.prompt import build_inputs  # noqa: E402
+from omniserve.events import PCM_RATE  # noqa: E402
+from omniserve.job import (  # noqa: E402
     ChatMessage,
     GenerationJob,
     PromptTokens,
     SamplingParams,
 )
-from omniserve.engines.hf.checkpoint import MODEL_TYPES  # noqa: E402
-from omniserve.engines.hf.engine import TransformersEngine  # noqa: E402
-from omniserve.engines.hf.loader import LoadedModel, has_native_video  # noqa: E402
-from omniserve.engines.hf.prompt import build_inputs  # noqa: E402
 from tiny_omni import QWEN3, QWEN25, QWEN25_TALKER_EOS, build_tiny  # noqa: E402
 
 SERVED_NAME = {QWEN25: "qwen2.5-omni-7b", QWEN3: "qwen3-omni-flash"}
 DEFAULT_CODES = {QWEN25: 200, QWEN3: 50}  # about 4 s of speech: 50 and 12.5 codes/s
 CODE_RATE = {QWEN25: 50.0, QWEN3: 12.5}
-SAMPLE_RATE = 24_000
 PROMPT = (
     "I am planning a three-day trip to Hangzhou in early spring with my parents. Which places "
     "around West Lake would you suggest, and what local dishes should we try?"
@@ -174,14 +174,14 @@ async def one_stream(
                 elif now > played_until:
                     stall += now - played_until
                     played_until = now
-                played_until += n / 2 / SAMPLE_RATE
+                played_until += n / 2 / PCM_RATE
                 last_audio = now
                 pcm_bytes += n
     done = time.perf_counter() - start
     if first_text is None or last_text is None or first_audio is None or last_audio is None:
         raise SystemExit("a stream ended without text or without audio")
     span = last_text - first_text
-    audio_seconds = pcm_bytes / 2 / SAMPLE_RATE
+    audio_seconds = pcm_bytes / 2 / PCM_RATE
     speaking = last_audio - first_audio
     return Sample(
         ttft=first_text,
@@ -298,7 +298,7 @@ class Baseline:
         return Sample(
             ttft=now - start, ttfa=now - start, done=now - start, text_tokens=text_tokens,
             tokens_per_second=text_tokens / (now - began),
-            audio_seconds=int(waveform.numel()) / SAMPLE_RATE,
+            audio_seconds=int(waveform.numel()) / PCM_RATE,
         )  # fmt: skip
 
     def level(self, seeds: list[int]) -> tuple[list[Sample], float]:

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import uvicorn
 
-from omniserve.accounts.admission import Accounts
+from omniserve.accounts.service import Accounts
 from omniserve.api.app import create_app
 from omniserve.api.server import server_config
 from omniserve.config import Settings, load_settings

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -10,6 +13,7 @@ from typer.testing import CliRunner
 from helpers import serving
 from omniserve.catalog import Catalog
 from omniserve.cli import app
+from omniserve.config import settings_from_flags
 
 runner = CliRunner()
 
@@ -172,3 +176,71 @@ def test_serve_upstream_needs_upstreams_and_their_keys(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--port", "1", "--config", str(config)])
     assert result.exit_code == 1
     assert "OMNISERVE_TEST_NO_SUCH_KEY is not set" in " ".join(result.output.split())
+
+
+def test_serve_with_an_unusable_database_is_one_clear_line() -> None:
+    result = runner.invoke(
+        app, ["serve", "--port", "1", "--database-url", "mysql://u:pw@127.0.0.1/x"]
+    )
+    assert result.exit_code == 1
+    assert "unsupported database 'mysql'" in result.output
+    assert "Traceback" not in result.output and "pw" not in result.output
+
+
+def test_serve_upstream_health_checks_go_on_while_serving(tmp_path: Path) -> None:
+    """The engine starts before the port opens, in the event loop that then serves: what it
+    starts there (an upstream's health checks) lives on while the server serves."""
+    hits: list[str] = []
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    config = tmp_path / "omniserve.toml"
+    config.write_text(
+        'engine = "upstream"\nlog_level = "warning"\n[[upstream.upstreams]]\nname = "u"\n'
+        f'kind = "openai"\nbase_urls = ["http://127.0.0.1:{upstream.server_port}/v1"]\n'
+        'health_path = "/health"\nhealth_interval_s = 0.1\n'
+        'models = { "qwen3-omni-flash" = "m" }\n'
+    )
+    try:
+        with serving("--config", str(config), "--data-dir", str(tmp_path)):
+            seen = len(hits)
+            deadline = time.monotonic() + 10
+            while len(hits) < seen + 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(hits) >= seen + 3, "no health checks while serving"
+        assert set(hits) == {"/health"}
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_flat_flags_land_in_their_sections(tmp_path: Path) -> None:
+    settings = settings_from_flags(
+        None,
+        port=9000,
+        model="Qwen/Qwen2.5-Omni-7B",
+        served_name="omni",
+        flash_attn=True,
+        max_batch=4,
+        tokens_per_second=0.0,
+        database_url="sqlite:///x.db",
+        data_dir=tmp_path,
+        redis_url=None,  # not given
+    )
+    assert settings.port == 9000 and settings.engine == "transformers"
+    hf = settings.transformers
+    assert hf.max_batch == 4 and hf.attn_implementation == "flash_attention_2"
+    assert [(m.name, m.checkpoint) for m in hf.models] == [("omni", "Qwen/Qwen2.5-Omni-7B")]
+    assert settings.emulator.tokens_per_second == 0
+    assert settings.accounts.database_url == "sqlite:///x.db"
+    assert settings.accounts.data_dir == tmp_path and settings.accounts.redis_url is None
+    assert settings_from_flags(None, flash_attn=False).transformers.attn_implementation is None

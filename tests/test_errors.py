@@ -7,6 +7,7 @@ import pytest
 from omniserve.errors import (
     ApiError,
     EngineBusy,
+    HttpError,
     InternalError,
     InvalidApiKey,
     InvalidMedia,
@@ -15,9 +16,11 @@ from omniserve.errors import (
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
+    OmniserveError,
     PayloadTooLarge,
     RateLimited,
     ServiceUnavailable,
+    StartupError,
     StreamRequired,
 )
 
@@ -195,3 +198,37 @@ def test_every_error_is_an_exception_of_the_tree() -> None:
     assert issubclass(StreamRequired, InvalidParameter)
     assert issubclass(PayloadTooLarge, InvalidParameter)
     assert not issubclass(ModelNotFound, InvalidParameter)
+    assert issubclass(ApiError, OmniserveError) and issubclass(StartupError, OmniserveError)
+    assert not issubclass(StartupError, ApiError)
+
+
+def test_http_error_keeps_the_framework_status() -> None:
+    err = HttpError(400, "There was an error parsing the body")
+    assert kind(err) == (400, "InternalError", "internal_error")
+    assert err.message == "There was an error parsing the body"
+    assert HttpError.status == 500  # set on the instance, never on the class
+
+
+def test_a_framework_http_error_leaves_in_the_envelope() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from starlette.exceptions import HTTPException
+
+    from omniserve.api.errors import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/teapot")
+    async def teapot() -> None:
+        raise HTTPException(418, "I'm a teapot")
+
+    r = TestClient(app).get("/teapot")
+    assert r.status_code == 418
+    assert r.json()["error"] == {
+        "code": "InternalError",
+        "param": None,
+        "message": "I'm a teapot",
+        "type": "internal_error",
+    }
+    assert ApiError.status == 500

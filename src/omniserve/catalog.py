@@ -141,6 +141,9 @@ class ModelSpec:
     snapshot: str | None = None  # the dated snapshot this alias currently points to
     system_prompt_with_audio: bool = True  # turbo silently ignores system messages with audio
     audio_output: bool = True  # False where the served weights have no talker
+    # A captioner: every request's last user message carries one input_audio part.
+    audio_input_required: bool = False
+    video_input: bool = True  # False where the server behind it takes no video
     free_quota_tokens: int | None = 1_000_000  # Beijing region, 90 days
 
     @property

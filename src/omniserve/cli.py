@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,8 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from omniserve.catalog import LANGUAGE_NAMES, Catalog
-from omniserve.config import Settings, load_settings
+from omniserve.config import Settings, settings_from_flags
 from omniserve.logs import configure as configure_logging
+
+if TYPE_CHECKING:
+    from omniserve.service import ChatService
 
 app = typer.Typer(
     help="omniserve: the Qwen-Omni API (OpenAI-compatible mode) on your own machine.",
@@ -28,119 +31,112 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None, **flags: Any) -> Settings:
-    given = {k: v for k, v in flags.items() if v is not None}
-    emulator = {k: given.pop(k) for k in ("tokens_per_second", "first_token_ms") if k in given}
-    if emulator:
-        given["emulator"] = emulator
-    hf: dict[str, Any] = {
-        k: given.pop(k)
-        for k in ("device", "dtype", "device_map", "audio_output", "load_format", "max_batch")
-        if k in given
-    }
-    if "flash_attn" in given and given.pop("flash_attn"):
-        hf["attn_implementation"] = "flash_attention_2"
-    checkpoint, served_name = given.pop("model", None), given.pop("served_name", None)
-    if checkpoint is not None:
-        hf["models"] = [{"name": served_name, "checkpoint": checkpoint}]
-        given.setdefault("engine", "transformers")
-    elif served_name is not None:
-        console.print("[red]error:[/red] --served-name needs --model")
-        raise typer.Exit(2)
-    if hf:
-        given["transformers"] = hf
+    """The settings from the flags (``settings_from_flags``); a mistake is one line, status 2."""
     try:
-        return load_settings(config, **given)
+        return settings_from_flags(config, **flags)
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
+# The flags of ``serve``.
+HostOption = Annotated[str | None, typer.Option(help="Address to bind \\[default: 127.0.0.1].")]
+PortOption = Annotated[int | None, typer.Option(help="Port \\[default: 8000].")]
+EngineOption = Annotated[
+    str | None, typer.Option(help="Engine: emulator \\[default], transformers or upstream.")
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(help="Open weights for the transformers engine: a Hub id or a directory."),
+]
+ServedNameOption = Annotated[
+    str | None,
+    typer.Option(help="Name clients use for --model \\[default: the family's catalog name]."),
+]
+DeviceOption = Annotated[
+    str | None, typer.Option(help="transformers: auto \\[default], cpu, cuda, cuda:1.")
+]
+DtypeOption = Annotated[
+    str | None, typer.Option(help="transformers: auto \\[default], bfloat16, float16, float32.")
+]
+DeviceMapOption = Annotated[
+    str | None, typer.Option(help="transformers: spread over GPUs, e.g. auto.")
+]
+FlashAttnOption = Annotated[
+    bool | None, typer.Option("--flash-attn/--no-flash-attn", help="FlashAttention 2.")
+]
+AudioOutputOption = Annotated[
+    str | None,
+    typer.Option(help="transformers: auto \\[default]; off never loads the talker."),
+]
+MaxBatchOption = Annotated[
+    int | None,
+    typer.Option(help="transformers: requests decoded together \\[default: 8]."),
+]
+LoadFormatOption = Annotated[
+    str | None,
+    typer.Option(help="transformers: auto \\[default]; dummy: random weights (benchmarks)."),
+]
+LogLevelOption = Annotated[str | None, typer.Option(help="critical|error|warning|info|debug.")]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(help="text \\[default] or json (one object per line, for collectors)."),
+]
+TokensPerSecondOption = Annotated[
+    float | None, typer.Option(help="Emulator pacing; 0 streams as fast as possible.")
+]
+FirstTokenMsOption = Annotated[
+    float | None, typer.Option(help="Emulator delay before the first token.")
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(help="Keys and ledger in PostgreSQL (postgresql://…) \\[default: SQLite]."),
+]
+RedisUrlOption = Annotated[
+    str | None, typer.Option(help="Share rate limits between replicas (redis://…).")
+]
+DataDirOption = Annotated[Path | None, typer.Option(help="Where the SQLite database lives.")]
+InsecureNoAuthOption = Annotated[
+    bool | None,
+    typer.Option("--insecure-no-auth", help="Serve a non-loopback address without any API key."),
+]
+DrainTimeoutOption = Annotated[
+    float | None,
+    typer.Option(help="On SIGTERM, seconds running streams may go on \\[default: 30]."),
+]
+PlaygroundOption = Annotated[
+    bool | None,
+    typer.Option("--playground/--no-playground", help="The browser playground at /."),
+]
+
+
 @app.command()
 def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Address to bind \\[default: 127.0.0.1].")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port \\[default: 8000].")] = None,
-    engine: Annotated[
-        str | None, typer.Option(help="Engine: emulator \\[default], transformers or upstream.")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Open weights for the transformers engine: a Hub id or a directory."),
-    ] = None,
-    served_name: Annotated[
-        str | None,
-        typer.Option(help="Name clients use for --model \\[default: the family's catalog name]."),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="transformers: auto \\[default], cpu, cuda, cuda:1.")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="transformers: auto \\[default], bfloat16, float16, float32.")
-    ] = None,
-    device_map: Annotated[
-        str | None, typer.Option(help="transformers: spread over GPUs, e.g. auto.")
-    ] = None,
-    flash_attn: Annotated[
-        bool | None, typer.Option("--flash-attn/--no-flash-attn", help="FlashAttention 2.")
-    ] = None,
-    audio_output: Annotated[
-        str | None,
-        typer.Option(help="transformers: auto \\[default]; off never loads the talker."),
-    ] = None,
-    max_batch: Annotated[
-        int | None,
-        typer.Option(help="transformers: requests decoded together \\[default: 8]."),
-    ] = None,
-    load_format: Annotated[
-        str | None,
-        typer.Option(help="transformers: auto \\[default]; dummy: random weights (benchmarks)."),
-    ] = None,
-    log_level: Annotated[
-        str | None, typer.Option(help="critical|error|warning|info|debug.")
-    ] = None,
-    log_format: Annotated[
-        str | None,
-        typer.Option(help="text \\[default] or json (one object per line, for collectors)."),
-    ] = None,
-    tokens_per_second: Annotated[
-        float | None, typer.Option(help="Emulator pacing; 0 streams as fast as possible.")
-    ] = None,
-    first_token_ms: Annotated[
-        float | None, typer.Option(help="Emulator delay before the first token.")
-    ] = None,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="Keys and ledger in PostgreSQL (postgresql://…) \\[default: SQLite]."),
-    ] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(help="Share rate limits between replicas (redis://…).")
-    ] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the SQLite database lives.")] = None,
-    insecure_no_auth: Annotated[
-        bool | None,
-        typer.Option(
-            "--insecure-no-auth", help="Serve a non-loopback address without any API key."
-        ),
-    ] = None,
-    drain_timeout: Annotated[
-        float | None,
-        typer.Option(help="On SIGTERM, seconds running streams may go on \\[default: 30]."),
-    ] = None,
-    playground: Annotated[
-        bool | None,
-        typer.Option("--playground/--no-playground", help="The browser playground at /."),
-    ] = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    engine: EngineOption = None,
+    model: ModelOption = None,
+    served_name: ServedNameOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    device_map: DeviceMapOption = None,
+    flash_attn: FlashAttnOption = None,
+    audio_output: AudioOutputOption = None,
+    max_batch: MaxBatchOption = None,
+    load_format: LoadFormatOption = None,
+    log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
+    tokens_per_second: TokensPerSecondOption = None,
+    first_token_ms: FirstTokenMsOption = None,
+    database_url: DatabaseUrlOption = None,
+    redis_url: RedisUrlOption = None,
+    data_dir: DataDirOption = None,
+    insecure_no_auth: InsecureNoAuthOption = None,
+    drain_timeout: DrainTimeoutOption = None,
+    playground: PlaygroundOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Start the API server."""
-    import asyncio
-
-    from omniserve.api.app import create_app
-    from omniserve.protocol.tokens import TokenizerUnavailable
-    from omniserve.service import ChatService
-    from omniserve.speech import SpeechError
-
     settings = _settings(
         config,
         host=host,
@@ -161,44 +157,54 @@ def serve(
         playground=playground,
         tokens_per_second=tokens_per_second,
         first_token_ms=first_token_ms,
-        accounts={
-            k: v
-            for k, v in (
-                ("database_url", database_url),
-                ("redis_url", redis_url),
-                ("data_dir", data_dir),
-                ("insecure_no_auth", insecure_no_auth),
-            )
-            if v is not None
-        }
-        or None,
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=data_dir,
+        insecure_no_auth=insecure_no_auth,
     )
     log_config = configure_logging(settings.log_level, settings.log_format)
     _warn_unknown_environment()
-    from omniserve.engines.hf.checkpoint import CheckpointError
-    from omniserve.engines.upstream import UpstreamConfigError
+    from omniserve.errors import StartupError
+    from omniserve.service import ChatService
 
     try:
-        service = ChatService(settings)
-        asyncio.run(service.check())
-        # Weights load before the port opens, with progress, so a failure is one clear line.
-        asyncio.run(service.engine.start())
-    except (SpeechError, TokenizerUnavailable, CheckpointError, UpstreamConfigError) as exc:
+        _run(ChatService(settings), log_config)
+    except StartupError as exc:  # the checks before the port opens: one line for the operator
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    _check_exposure(settings)
-    console.print(
-        f"omniserve on http://{settings.host}:{settings.port}/compatible-mode/v1 "
-        f"(engine: {settings.engine})"
-    )
-    if settings.playground:
-        console.print(f"playground on http://{settings.host}:{settings.port}/")
+
+
+def _run(service: ChatService, log_config: dict[str, Any]) -> None:
+    """Serves until a signal stops the server.
+
+    Before the port opens, built-in speech is checked and the engine starts (weights load,
+    with progress), so that a failure is one line; then the database opens and a public
+    address is refused without keys. All this runs in the event loop that then serves: what
+    the engine starts there (an upstream's health checks) must live on while it serves. The
+    app's lifespan finds the service started."""
+    from omniserve.api.app import create_app
     from omniserve.api.drain import DrainingServer
     from omniserve.api.server import server_config
 
+    settings = service.settings
     app = create_app(service=service)
-    uvicorn_config = server_config(app, settings, log_config=log_config)
-    DrainingServer(uvicorn_config, app.state.drain, settings.drain_timeout_s).run()
+
+    class Server(DrainingServer):
+        async def serve(self, sockets: Any = None) -> None:
+            await service.start()
+            _check_exposure(settings)
+            _announce(settings)
+            await super().serve(sockets)
+
+    config = server_config(app, settings, log_config=log_config)
+    Server(config, app.state.drain, settings.drain_timeout_s).run()
+
+
+def _announce(settings: Settings) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    console.print(f"omniserve on {base}/compatible-mode/v1 (engine: {settings.engine})")
+    if settings.playground:
+        console.print(f"playground on {base}/")
 
 
 def _warn_unknown_environment() -> None:
@@ -216,15 +222,12 @@ def _warn_unknown_environment() -> None:
 
 def _check_exposure(settings: Settings) -> None:
     """The database opens (migrated), and a public address is never served without keys."""
-    from omniserve.accounts.database import DatabaseError, database_url, open_database
+    from omniserve.accounts.database import database_url, open_database
     from omniserve.accounts.keys import KeyStore
 
     accounts = settings.accounts
-    try:
-        engine = open_database(database_url(accounts.database_url, accounts.data_dir.expanduser()))
-    except DatabaseError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    # A DatabaseError is a StartupError: ``serve`` says it in one line.
+    engine = open_database(database_url(accounts.database_url, accounts.data_dir.expanduser()))
     try:
         _, _, any_key = KeyStore(engine).active()
     finally:

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from omniserve.config import Settings
+from omniserve.config import Settings, settings_from_flags
 
 console = Console()
 keys_app = typer.Typer(help="Create, list, update and revoke API keys.", no_args_is_help=True)
@@ -44,14 +44,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def accounts_settings(
     config: Path | None, database_url: str | None, data_dir: Path | None
 ) -> Settings:
-    from omniserve.cli import _settings
-
-    accounts: dict[str, Any] = {}
-    if database_url is not None:
-        accounts["database_url"] = database_url
-    if data_dir is not None:
-        accounts["data_dir"] = data_dir
-    return _settings(config, accounts=accounts or None)
+    try:
+        return settings_from_flags(config, database_url=database_url, data_dir=data_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc), 2) from None
 
 
 @contextmanager

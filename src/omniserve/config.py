@@ -318,6 +318,42 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return Settings.model_validate(merged)
 
 
+# The command line's flat flags that set a field of a section: flag -> section.
+FLAG_SECTIONS: dict[str, str] = {
+    **dict.fromkeys(("tokens_per_second", "first_token_ms"), "emulator"),
+    **dict.fromkeys(
+        ("device", "dtype", "device_map", "audio_output", "load_format", "max_batch"),
+        "transformers",
+    ),
+    **dict.fromkeys(("database_url", "redis_url", "data_dir", "insecure_no_auth"), "accounts"),
+}
+
+
+def settings_from_flags(config_file: Path | None = None, **flags: Any) -> Settings:
+    """``load_settings`` with the command line's flags, flat as the commands take them; a flag
+    that is None was not given. Besides the fields of ``Settings`` and of ``FLAG_SECTIONS``:
+    ``model`` (open weights: the transformers engine serves them), ``served_name`` (the name
+    clients use for them) and ``flash_attn`` (FlashAttention 2).
+
+    Raises ``FileNotFoundError`` or ``ValueError`` (validation included), each with a message
+    that says what is wrong in one line."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    sections: dict[str, dict[str, Any]] = {}
+    for flag, section in FLAG_SECTIONS.items():
+        if flag in given:
+            sections.setdefault(section, {})[flag] = given.pop(flag)
+    if given.pop("flash_attn", False):
+        sections.setdefault("transformers", {})["attn_implementation"] = "flash_attention_2"
+    checkpoint, served_name = given.pop("model", None), given.pop("served_name", None)
+    if checkpoint is not None:
+        served = [{"name": served_name, "checkpoint": checkpoint}]
+        sections.setdefault("transformers", {})["models"] = served
+        given.setdefault("engine", "transformers")
+    elif served_name is not None:
+        raise ValueError("--served-name needs --model")
+    return load_settings(config_file, **_deep_merge(given, sections))
+
+
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():

@@ -1,28 +1,52 @@
-"""Every error omniserve returns to a client, as one tree.
+"""Every error omniserve raises on purpose, as one tree.
 
-    ApiError                       status, code, type, message, param
-    ├── InvalidParameter           400 invalid_parameter_error / invalid_request_error
-    │   ├── StreamRequired         400 stream must be true
-    │   ├── InvalidMedia           400 media that breaks a rule of the spec
-    │   └── MediaNotEnabled        400 media input switched off on this server
-    ├── InvalidApiKey              401 invalid_api_key (wrong or revoked key)
-    │   ├── MissingApiKey          401 no Authorization header
-    │   └── MalformedApiKey        401 an Authorization header that is not ``Bearer <key>``
-    ├── AccessDenied               403 a key without the admin right on an admin route
-    ├── HostNotAllowed             403 a keyless server asked under a name it does not answer to
-    ├── BodyTooSlow                408 a request body that does not arrive in time
-    ├── FreeQuotaExhausted         403 the key's token quota is used up
-    ├── ModelNotFound              404 model_not_found
-    ├── NotFound                   404 a path that is not part of the API
-    ├── MethodNotAllowed           405
-    ├── RateLimited                429 limit_requests (carries Retry-After)
-    ├── TokenRateLimited           429 insufficient_quota: tokens per minute (Retry-After)
-    ├── EngineBusy                 429 an engine queue is full (carries Retry-After)
-    ├── ServiceUnavailable         503 the engine cannot serve now
-    └── InternalError              500 a fault of ours; the message hides the details
+    OmniserveError                  the root of every error omniserve raises on purpose
+    ├── ApiError                    an answer to a client: status, code, type, message, param
+    │   ├── InvalidParameter        400 invalid_parameter_error / invalid_request_error
+    │   │   ├── StreamRequired      400 stream must be true
+    │   │   ├── InvalidMedia        400 media that breaks a rule of the spec
+    │   │   ├── MediaNotEnabled     400 media input switched off on this server
+    │   │   ├── BadFraming          400 Content-Length with Transfer-Encoding (or two lengths)
+    │   │   ├── PayloadTooLarge     413 a body over the server's limit
+    │   │   └── NotJson             415 a POST body that does not say it is application/json
+    │   ├── InvalidApiKey           401 invalid_api_key (wrong or revoked key)
+    │   │   ├── MissingApiKey       401 no Authorization header
+    │   │   └── MalformedApiKey     401 an Authorization header that is not ``Bearer <key>``
+    │   ├── AccessDenied            403 AccessDenied: an admin route asked without an admin key
+    │   ├── HostNotAllowed          403 AccessDenied: a keyless server asked under a foreign name
+    │   ├── FreeQuotaExhausted      403 AllocationQuota.FreeTierOnly: the token quota is used up
+    │   ├── ModelNotFound           404 model_not_found
+    │   ├── NotFound                404 NotFound: a path that is not part of the API
+    │   ├── MethodNotAllowed        405 MethodNotAllowed
+    │   ├── BodyTooSlow             408 RequestTimeOut: a request body that does not arrive in time
+    │   ├── RateLimited             429 limit_requests (carries Retry-After)
+    │   ├── TokenRateLimited        429 insufficient_quota: tokens per minute (Retry-After)
+    │   ├── EngineBusy              429 limit_requests: an engine queue is full (Retry-After)
+    │   ├── RequestTimedOut         500 RequestTimeOut: the engine went silent
+    │   ├── InternalError           500 InternalError: a fault of ours; the message hides details
+    │   ├── HttpError               its status, InternalError: the web framework's other errors
+    │   ├── ServiceUnavailable      503 ServiceUnavailable: the engine cannot serve now
+    │   │   └── EngineOutOfMemory   503 the GPU ran out of memory on this request
+    │   │                               (engines/hf/engine.py)
+    │   └── UpstreamError           an upstream's error, status and code set per instance
+    │       │                           (engines/upstream/errors.py)
+    │       ├── UpstreamBroken      503 ServiceUnavailable: unreachable, or its stream broke
+    │       └── UpstreamBusy        503 ServiceUnavailable: every connection to it is busy
+    └── StartupError                the server cannot start or serve as configured (operator)
+        ├── CheckpointError         open weights that cannot be served as configured
+        │                               (engines/hf/checkpoint.py)
+        ├── DatabaseError           the accounts database cannot be used (accounts/database.py)
+        ├── SpeechError             espeak-ng missing, failing or silent (speech/synth.py)
+        ├── TokenizerUnavailable    the Qwen BPE ranks file cannot be read (tokens.py)
+        └── UpstreamConfigError     upstreams configured in a way that cannot work
+                                        (engines/upstream/engine.py)
 
-The API turns any of them into the DashScope envelope in one place (``api/errors.py``);
-messages are verbatim from the vendor where the vendor's are known.
+An ``ApiError`` is for a client: the API turns any of them into the DashScope envelope in one
+place (``api/errors.py``), with ``ApiError.body()`` as its inner ``error`` object and
+``ApiError.headers()`` (``Retry-After``) added to the response; messages are verbatim from the
+vendor where the vendor's are known. A ``StartupError`` is for the operator: ``omniserve
+serve`` prints its message as one line and exits with status 1. ``tests/test_error_tree.py``
+checks that this tree lists every subclass of ``OmniserveError``, under its real parent.
 """
 
 from __future__ import annotations
@@ -30,8 +54,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# The keys of an error object, in the vendor's order: in an HTTP error body, in an SSE event.
+HTTP_ERROR_ORDER = ("code", "param", "message", "type")
+SSE_ERROR_ORDER = ("message", "type", "param", "code")
 
-class ApiError(Exception):
+
+class OmniserveError(Exception):
+    """The root of every error omniserve raises on purpose (the tree is in the module doc)."""
+
+
+class StartupError(OmniserveError):
+    """The server cannot start or serve as configured: the message is for the operator, not a
+    client, and says what to change."""
+
+
+class ApiError(OmniserveError):
     """An error with everything the wire format needs."""
 
     status: int = 500
@@ -46,14 +83,16 @@ class ApiError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
-    def body(self) -> dict[str, Any]:
-        """The inner ``error`` object of the envelope."""
-        return {
+    def body(self, order: tuple[str, ...] = HTTP_ERROR_ORDER) -> dict[str, Any]:
+        """The inner ``error`` object of the envelope, its keys in ``order`` (the vendor orders
+        them one way in an HTTP error and another in a stream's error event)."""
+        fields = {
             "code": self.code,
             "param": self.param,
             "message": self.message,
             "type": self.type,
         }
+        return {key: fields[key] for key in order}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.code!r}, {self.message!r})"
@@ -286,6 +325,15 @@ class RequestTimedOut(ApiError):
     status = 500
     code = "RequestTimeOut"
     type = "request_timeout"
+
+
+class HttpError(ApiError):
+    """An HTTP error the web framework raised itself, other than 404 and 405: its status and
+    detail, in the envelope of the others."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InternalError(ApiError):

@@ -28,15 +28,6 @@ from omniserve import __version__
 from omniserve.errors import ApiError
 
 OTHER = "other"
-TOKEN_KINDS = (
-    "prompt_text",
-    "prompt_image",
-    "prompt_audio",
-    "prompt_video",
-    "completion_text",
-    "completion_audio",
-    "completion_reasoning",
-)
 # Seconds: from a cached loopback answer (ms) to a slow model's first token (s).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Event-loop lag: a healthy loop stays under a few milliseconds.

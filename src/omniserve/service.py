@@ -1,29 +1,48 @@
-"""The chat service: request bytes in, engine events (with speech) out.
+"""The chat service: the one owner of a chat completion's life, from request bytes to its end.
 
-It owns the catalog, tokenizer, validator, engine and synthesizer for the server's lifetime, so
-the HTTP layer only parses, calls it and encodes.
+``ChatService`` holds what serving needs for the server's lifetime (catalog, tokenizer,
+validator, engine, synthesizer, media processor; the accounts and metrics it is attached to).
+``open`` runs one request through its phases in order, each once:
+
+    validate (protocol) -> admit (accounts) -> media (media) -> fit (protocol counts them,
+    accounts reserves them) -> engine, with speech when it is silent -> watchdog
+
+and returns a ``Completion``: the request's one stream of events, which the front door (the
+SSE route today) plays to its client, plus ``interrupt`` and ``aclose``. The completion's
+stream settles the request (limits, ledger, metrics, the log line) when it ends, however it
+ends; ``aclose`` settles one that never ran. A refusal before admission is counted by the
+meter and raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 
 import anyio
+import anyio.to_thread
 
+from omniserve.accounts.admission import Ticket
+from omniserve.accounts.auth import Caller
+from omniserve.accounts.service import Accounts
 from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import Settings
 from omniserve.engines import make_engine
-from omniserve.engines.base import Engine, EngineEvent, GenerationJob
-from omniserve.errors import RequestTimedOut
+from omniserve.engines.base import Engine
+from omniserve.errors import ApiError
+from omniserve.events import EngineEvent, Finished
+from omniserve.job import GenerationJob, Usage
 from omniserve.media.pipeline import MediaProcessor
-from omniserve.media.policy import MediaPolicy, billing_policy
+from omniserve.media.policy import MediaPolicy, policy_for
 from omniserve.media.resolve import Resolver
+from omniserve.meter import RequestMeter
+from omniserve.metrics import Metrics
 from omniserve.protocol.request import parse_chat_request
-from omniserve.protocol.tokens import QwenTokenizer, get_tokenizer
 from omniserve.protocol.validate import RequestValidator, ValidatedRequest
 from omniserve.speech import Synthesizer, chunk_bytes_for, make_synthesizer, speak_along
+from omniserve.tokens import QwenTokenizer, get_tokenizer
+from omniserve.watchdog import Watchdog
 
 log = logging.getLogger("omniserve")
 
@@ -43,9 +62,7 @@ class ChatService:
         self.tokenizer = tokenizer or get_tokenizer(settings.tokenizer_file)
         self.engine = engine or make_engine(settings, self.tokenizer, catalog)
         # An engine that serves its own names (open weights) says what it serves and can do.
-        served = getattr(self.engine, "catalog", None)
-        if callable(served):
-            catalog = served()
+        catalog = self.engine.catalog() or catalog
         self.catalog = catalog.restricted_to(settings.models) if settings.models else catalog
         self.validator = RequestValidator(
             self.catalog, self.tokenizer, media_enabled=settings.media.enabled
@@ -55,6 +72,17 @@ class ChatService:
         self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
         self.ready = False
         self._parse_limiter: anyio.CapacityLimiter | None = None
+        self.accounts: Accounts | None = None
+        self.metrics: Metrics | None = None
+
+    def attach(self, accounts: Accounts, metrics: Metrics | None) -> None:
+        """The server's accounts (keys, limits, ledger) and metrics, which every request is
+        admitted by and counted in; the media processor and the engine's queue report to the
+        metrics too."""
+        self.accounts, self.metrics = accounts, metrics
+        if metrics is not None:
+            self.media.observe = metrics.observe_media
+            metrics.watch_engine(self.engine.queue_depth)
 
     def parse_limiter(self) -> anyio.CapacityLimiter:
         """How many requests are parsed at once (made on first use, in the event loop)."""
@@ -68,8 +96,11 @@ class ChatService:
             await self.synthesizer.check()
 
     async def start(self) -> None:
+        """Starts the engine and checks speech; once started, a second call does nothing."""
+        if self.ready:
+            return
+        await self.check()  # before the weights load: a missing voice fails at once
         await self.engine.start()
-        await self.check()
         self.ready = True
 
     async def close(self) -> None:
@@ -93,61 +124,126 @@ class ChatService:
         )
         return self.validator.validate(request, request_id)
 
-    def _speaks(self, job: GenerationJob) -> bool:
-        """Whether the engine voices this job itself (an engine may decide per model)."""
-        speaks_for = getattr(self.engine, "speaks_for", None)
-        if callable(speaks_for):
-            return bool(speaks_for(job))
-        return self.engine.speaks
-
     def media_policy(self, job: GenerationJob) -> MediaPolicy:
         """How this job's media are sized and counted: the vendor's billing formulas, or the
         open processors' when the engine runs open weights."""
-        engine_policy = getattr(self.engine, "media_policy", None)
-        if callable(engine_policy):
-            policy: MediaPolicy = engine_policy(job.model)
-            return policy
-        return billing_policy(job.model)
+        return policy_for(job.model, self.engine.media_accounting(job.model))
 
-    async def events(
+    def voiced(
+        self, job: GenerationJob, events: AsyncGenerator[EngineEvent, None]
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """The engine's events, with built-in speech when audio is asked of a silent engine."""
+        if job.voice is None or self.engine.speaks_for(job):
+            return events
+        return speak_along(
+            events,
+            self.synthesizer,
+            job.voice,
+            languages=job.voice.languages,
+            chunk_bytes=self.chunk_bytes,
+            tokens_per_second=job.model.tokens.output_audio_tokens_per_second,
+        )
+
+    def client_left(self, body: bytes | bytearray) -> None:
+        """The client left while sending its body: counted, nothing to answer."""
+        RequestMeter(self.metrics, self.tokenizer).left(body)
+
+    def refused(self, body: bytes | bytearray, exc: ApiError) -> None:
+        """A request refused before it was opened (by the front door): counted."""
+        RequestMeter(self.metrics, self.tokenizer).refused(body, exc)
+
+    async def open(
         self,
-        job: GenerationJob,
+        caller: Caller,
+        body: bytes | bytearray,
+        request_id: str,
         *,
-        counted: Callable[[GenerationJob], Awaitable[None]] | None = None,
-        caller: str | None = None,
-    ) -> AsyncIterator[EngineEvent]:
-        """Media decoded, then the engine's events, with built-in speech when audio is asked of
-        a silent engine. Raises ``ApiError`` before the first event for refused media.
-
-        ``counted`` sees the job once its media are counted, before the engine starts (the
-        rate limiter reserves what the media added). ``caller`` names who asks, for the cap on
-        one caller's downloads at once."""
-        if any(m.media for m in job.messages):
-            keep = bool(getattr(self.engine, "wants_media_bytes", False))
-            job = await self.media.process(
-                job, self.media_policy(job), keep_bytes=keep, caller=caller
-            )
-            job = self.validator.finalize(job)
-            if counted is not None:
-                await counted(job)
-        events = self.engine.generate(job)
-        if job.voice is not None and not self._speaks(job):
-            events = speak_along(
-                events,
-                self.synthesizer,
-                job.voice,
-                languages=job.voice.languages,
-                chunk_bytes=self.chunk_bytes,
-                tokens_per_second=job.model.tokens.output_audio_tokens_per_second,
-            )
-        timeouts = self.settings.timeouts
-        watchdog = Watchdog(timeouts.first_event_s, timeouts.idle_s)
-        it = aiter(events)
+        fetching_for: str | None = None,
+    ) -> Completion:
+        """Validates and admits one request; raises the ``ApiError`` that refuses it, or
+        returns its ``Completion``. ``fetching_for`` names whose downloads its media URLs count
+        against (the cap on one caller's downloads at once)."""
+        assert self.accounts is not None, "ChatService.attach() was not called"
+        meter = RequestMeter(self.metrics, self.tokenizer)
         try:
+            # Parsing, validation and token counting grow with the body: off the event loop.
+            validated = await anyio.to_thread.run_sync(
+                self.prepare, body, request_id, limiter=self.parse_limiter()
+            )
+            ticket = await self.accounts.admit(caller, validated.job)
+        except ApiError as exc:
+            meter.refused(body, exc)
+            raise
+        meter.admitted(validated.job, caller.key_id, started=ticket.started)
+        return Completion(self, validated, ticket, meter, fetching_for)
+
+
+class Completion:
+    """One admitted chat completion: its events, once, and what ends it.
+
+    ``events()`` runs the rest of the request's phases as it is read (media, fit, engine,
+    speech, watchdog) and yields the engine's events; when it ends, however it ends (finished,
+    failed, closed by a client that left, interrupted by a shutdown), the request is settled:
+    the limiter and the ledger with the usage (from ``Finished``, or counted from what was
+    delivered), the metrics and the log line. Each layer closes only the stream it wraps; the
+    front door closes this one with ``aclose``.
+    """
+
+    def __init__(
+        self,
+        service: ChatService,
+        validated: ValidatedRequest,
+        ticket: Ticket,
+        meter: RequestMeter,
+        fetching_for: str | None,
+    ) -> None:
+        self.service = service
+        self.job = validated.job
+        self.include_usage = validated.include_usage
+        self.ticket = ticket
+        self.meter = meter
+        self.fetching_for = fetching_for
+        self.interrupted_by: str | None = None  # the error code when the server ended it
+        self._started = self._ended = False
+        self._events = self._run()
+
+    @property
+    def request_id(self) -> str:
+        return self.job.request_id
+
+    def events(self) -> AsyncGenerator[EngineEvent, None]:
+        """The request's events (one stream: read it once)."""
+        return self._events
+
+    def interrupt(self, reason: ApiError) -> None:
+        """The server is ending this request (shutdown): it is settled with ``reason``'s code,
+        not as disconnected."""
+        self.interrupted_by = reason.code
+
+    async def aclose(self) -> None:
+        """Ends the request: its stream stops (the engine's with it) and, if it never ran, it
+        is settled as disconnected."""
+        with anyio.CancelScope(shield=True):
+            await self._events.aclose()
+            if not self._started:
+                await self._settle("disconnected", None, None, None)
+
+    async def _run(self) -> AsyncGenerator[EngineEvent, None]:
+        self._started = True
+        service, meter, ticket = self.service, self.meter, self.ticket
+        status, usage, reason = "error", None, None
+        code: str | None = "InternalError"
+        events: AsyncGenerator[EngineEvent, None] | None = None
+        watchdog: Watchdog | None = None
+        try:
+            job = self.job = await self._with_media(self.job)
+            events = service.voiced(job, service.engine.generate(job))
+            timeouts = service.settings.timeouts
+            watchdog = Watchdog(timeouts.first_event_s, timeouts.idle_s)
             while True:
                 watchdog.waiting()
                 try:
-                    event = await anext(it)
+                    event = await anext(events)
                 except StopAsyncIteration:
                     break
                 except asyncio.CancelledError:
@@ -155,68 +251,69 @@ class ChatService:
                         raise watchdog.error() from None
                     raise
                 watchdog.got()
+                meter.observe(event)
+                if isinstance(event, Finished):
+                    status, code, usage, reason = "ok", None, event.usage, event.reason
+                elif ticket.progress_due():
+                    ticket.progress(
+                        meter.delivered(job), meter.audio_seconds, meter.ttft, meter.ttfa
+                    )
                 yield event
+        except ApiError as exc:
+            status, code = "error", exc.code
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            if status != "ok":
+                if self.interrupted_by is not None:  # ended by the server (shutting down)
+                    status, code = "error", self.interrupted_by
+                else:
+                    status, code = "disconnected", None
+            raise
         finally:
-            watchdog.close()
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            with anyio.CancelScope(shield=True):
+                if watchdog is not None:
+                    watchdog.close()
+                if events is not None:
+                    # The engine's stream ends here, not whenever it is garbage-collected.
+                    try:
+                        await events.aclose()
+                    except Exception:
+                        log.exception("closing the engine's stream of %s failed", self.request_id)
+                if usage is None and meter.produced:
+                    usage = meter.delivered(self.job, final=True)
+                await self._settle(status, code, usage, reason)
 
+    async def _with_media(self, job: GenerationJob) -> GenerationJob:
+        """The job with its media fetched, decoded and counted, within the input limit, and
+        the reservation grown by what they added."""
+        if not any(m.media for m in job.messages):
+            return job
+        service = self.service
+        job = await service.media.process(
+            job,
+            service.media_policy(job),
+            keep_bytes=service.engine.forwards_media,
+            caller=self.fetching_for,
+        )
+        job = service.validator.count_media(job)
+        await self.ticket.fit(job)
+        return job
 
-class Watchdog:
-    """Ends a stream whose engine stays silent too long: ``first_s`` for the first event,
-    ``idle_s`` for each next one, counting only time spent waiting on the engine.
-
-    One timer per stream, armed when a wait starts and none is pending, instead of a timeout
-    context per event (which costs more than the event itself); when it fires during a wait it
-    cancels the stream's task, and ``expired`` turns that cancellation into the timeout."""
-
-    __slots__ = ("_handle", "_limit", "_loop", "_since", "_task", "fired", "first_s", "idle_s")
-
-    def __init__(self, first_s: float, idle_s: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self.first_s, self.idle_s = first_s, idle_s
-        self._limit = first_s
-        self._since: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self.fired = False
-
-    def waiting(self) -> None:
-        self._since = self._loop.time()
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._since + self._limit, self._check)
-
-    def got(self) -> None:
-        self._since = None
-        self._limit = self.idle_s
-
-    def _check(self) -> None:
-        self._handle = None
-        if self._since is None:
-            return  # not waiting on the engine now; the next wait arms the timer again
-        due = self._since + self._limit
-        if self._loop.time() < due:
-            self._handle = self._loop.call_at(due, self._check)
-        elif self._task is not None:
-            self.fired = True
-            self._task.cancel()
-
-    def expired(self) -> bool:
-        """Whether the cancellation being handled is this watchdog's (then it is undone)."""
-        if not self.fired or self._task is None:
-            return False
-        self.fired = False
-        return self._task.uncancel() == 0
-
-    def error(self) -> RequestTimedOut:
-        if self._limit == self.first_s:
-            return RequestTimedOut(
-                f"The model did not start answering within {self.first_s:g} seconds."
-            )
-        return RequestTimedOut(f"The model stopped answering for {self.idle_s:g} seconds.")
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    async def _settle(
+        self, status: str, code: str | None, usage: Usage | None, reason: str | None
+    ) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        usage = usage or Usage()
+        meter = self.meter
+        await self.ticket.settle(
+            status,
+            code=code,
+            usage=usage,
+            finish_reason=reason,
+            audio_seconds=meter.audio_seconds,
+            ttft=meter.ttft,
+            ttfa=meter.ttfa,
+        )
+        meter.end(status, code, usage, reason)

@@ -20,6 +20,7 @@ from omniserve.accounts.ledger import (
 )
 from omniserve.accounts.schema import ledger
 from omniserve.accounts.usage import totals, usage_report
+from omniserve.job import Usage
 
 
 def rows(engine: Engine) -> dict[str, dict[str, object]]:
@@ -30,7 +31,16 @@ def rows(engine: Engine) -> dict[str, dict[str, object]]:
 def test_start_then_finish_in_one_batch_is_one_insert(engine: Engine) -> None:
     writer = LedgerWriter(engine, interval_s=0.2)
     writer.started(Started("r1", None, "qwen-omni-turbo", now_ms()))
-    writer.finished(Outcome("r1", None, "ok", finish_reason="stop", prompt_text=5, cost=0.5))
+    writer.finished(
+        Outcome(
+            "r1",
+            None,
+            "ok",
+            usage=Usage.from_kinds({"prompt_text": 5}),
+            finish_reason="stop",
+            cost=0.5,
+        )
+    )
     assert writer.flush()
     writer.close()
     row = rows(engine)["r1"]
@@ -41,7 +51,7 @@ def test_a_start_is_held_a_moment_then_written_as_running(engine: Engine) -> Non
     writer = LedgerWriter(engine, interval_s=0.001, hold_s=0.4)
     writer.started(Started("long", None, "m", now_ms()))
     writer.started(Started("short", None, "m", now_ms()))
-    writer.finished(Outcome("short", None, "ok", completion_text=3))
+    writer.finished(Outcome("short", None, "ok", usage=Usage.from_kinds({"completion_text": 3})))
     time.sleep(0.2)
     # The short request is on the books, complete; the long one not yet.
     assert {rid: row["status"] for rid, row in rows(engine).items()} == {"short": "ok"}
@@ -50,7 +60,7 @@ def test_a_start_is_held_a_moment_then_written_as_running(engine: Engine) -> Non
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert rows(engine)["long"]["status"] == "running"
-    writer.finished(Outcome("long", None, "ok", completion_text=9))
+    writer.finished(Outcome("long", None, "ok", usage=Usage.from_kinds({"completion_text": 9})))
     writer.close()
     assert rows(engine)["long"]["status"] == "ok" and rows(engine)["long"]["completion_text"] == 9
 
@@ -62,10 +72,16 @@ def test_a_running_row_is_written_before_the_request_ends(engine: Engine) -> Non
     assert writer.flush()
     assert rows(engine)["r2"]["status"] == "running"
     writer.finished(
-        Outcome("r2", key.id, "disconnected", prompt_text=10, completion_audio=25, audio_seconds=2)
+        Outcome(
+            "r2",
+            key.id,
+            "disconnected",
+            usage=Usage.from_kinds({"prompt_text": 10, "completion_audio": 25}),
+            audio_seconds=2,
+        )
     )
     # A second completion (a retry, a bug) never overwrites the first or counts twice.
-    writer.finished(Outcome("r2", key.id, "ok", prompt_text=999))
+    writer.finished(Outcome("r2", key.id, "ok", usage=Usage.from_kinds({"prompt_text": 999})))
     writer.close()
     row = rows(engine)["r2"]
     assert (row["status"], row["prompt_text"], row["completion_audio"]) == ("disconnected", 10, 25)
@@ -90,7 +106,9 @@ def test_many_requests_from_many_threads(engine: Engine) -> None:
     def one(i: int) -> None:
         writer.started(Started(f"t{i}", None, "m", now_ms()))
         time.sleep(0.001)
-        writer.finished(Outcome(f"t{i}", None, "ok", completion_text=i))
+        writer.finished(
+            Outcome(f"t{i}", None, "ok", usage=Usage.from_kinds({"completion_text": i}))
+        )
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
     for t in threads:
@@ -141,7 +159,11 @@ def test_stale_rows_closed_by_the_sweep_count_their_usage_so_far(engine: Engine)
     key, _ = KeyStore(engine).create("k")
     writer = LedgerWriter(engine, interval_s=0.001, hold_s=0)
     writer.started(Started("s", key.id, "m", now_ms() - 2 * 86_400_000))
-    writer.progress(Outcome("s", key.id, RUNNING, prompt_text=10, completion_text=5))
+    writer.progress(
+        Outcome(
+            "s", key.id, RUNNING, usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 5})
+        )
+    )
     writer.close()
     assert sweep(engine, retention_days=90, stale_after_s=3600) == (1, 0)
     row = rows(engine)["s"]
@@ -154,20 +176,44 @@ def test_the_usage_so_far_of_a_running_request_is_written(engine: Engine) -> Non
     writer = LedgerWriter(engine, owner="here", interval_s=0.001, hold_s=0.2)
     writer.started(Started("r", key.id, "m", now_ms()))
     # Told while the start is still held: the running row is inserted with it.
-    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=3))
+    writer.progress(
+        Outcome(
+            "r", key.id, RUNNING, usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 3})
+        )
+    )
     assert writer.flush()
     row = rows(engine)["r"]
     assert (row["status"], row["completion_text"], row["owner"]) == (RUNNING, 3, "here")
     # Told again: the row follows; the key's used tokens wait for the end.
-    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=7))
-    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=9))
+    writer.progress(
+        Outcome(
+            "r", key.id, RUNNING, usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 7})
+        )
+    )
+    writer.progress(
+        Outcome(
+            "r", key.id, RUNNING, usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 9})
+        )
+    )
     assert writer.flush()
     assert rows(engine)["r"]["completion_text"] == 9
     assert KeyStore(engine).get(key.id).used_tokens == 0
     # The completion wins over any usage so far, before it or after it.
-    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=11))
-    writer.finished(Outcome("r", key.id, "ok", prompt_text=10, completion_text=12))
-    writer.progress(Outcome("r", key.id, RUNNING, prompt_text=10, completion_text=13))
+    writer.progress(
+        Outcome(
+            "r", key.id, RUNNING, usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 11})
+        )
+    )
+    writer.finished(
+        Outcome(
+            "r", key.id, "ok", usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 12})
+        )
+    )
+    writer.progress(
+        Outcome(
+            "r", key.id, RUNNING, usage=Usage.from_kinds({"prompt_text": 10, "completion_text": 13})
+        )
+    )
     writer.close()
     row = rows(engine)["r"]
     assert (row["status"], row["completion_text"]) == ("ok", 12)
@@ -179,11 +225,18 @@ def test_running_rows_of_gone_owners_are_closed_with_their_usage(engine: Engine)
     for owner, rid in (("dead", "d1"), ("dead", "d2"), ("alive", "a1")):
         writer = LedgerWriter(engine, owner=owner, interval_s=0.001, hold_s=0)
         writer.started(Started(rid, key.id, "m", now_ms()))
-        writer.progress(Outcome(rid, key.id, RUNNING, prompt_text=4, completion_audio=6))
+        writer.progress(
+            Outcome(
+                rid,
+                key.id,
+                RUNNING,
+                usage=Usage.from_kinds({"prompt_text": 4, "completion_audio": 6}),
+            )
+        )
         writer.close()
     finished = LedgerWriter(engine, owner="dead", interval_s=0.001)
     finished.started(Started("done", key.id, "m", now_ms()))
-    finished.finished(Outcome("done", key.id, "ok", prompt_text=1))
+    finished.finished(Outcome("done", key.id, "ok", usage=Usage.from_kinds({"prompt_text": 1})))
     finished.close()
     assert sorted(running_owners(engine)) == ["alive", "dead"]
     assert KeyStore(engine).get(key.id).used_tokens == 1
@@ -214,7 +267,15 @@ def test_usage_report_groups_and_totals(engine: Engine) -> None:
     ]
     for rid, key, model, status, p, c, money in entries:
         writer.started(Started(rid, key, model, base))
-        writer.finished(Outcome(rid, key, status, prompt_text=p, completion_text=c, cost=money))
+        writer.finished(
+            Outcome(
+                rid,
+                key,
+                status,
+                usage=Usage.from_kinds({"prompt_text": p, "completion_text": c}),
+                cost=money,
+            )
+        )
     writer.started(Started("d", "key_1", "qwen3-omni-flash", base))  # still running: not counted
     writer.close()
     by_model = {x.group: x for x in usage_report(engine, by="model")}

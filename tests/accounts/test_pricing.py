@@ -6,7 +6,7 @@ import pytest
 
 from omniserve.accounts.pricing import cost
 from omniserve.catalog import Catalog
-from omniserve.engines.base import CompletionTokens, PromptTokens, Usage
+from omniserve.job import CompletionTokens, PromptTokens, Usage
 
 FLASH = Catalog.default().get("qwen3-omni-flash")
 

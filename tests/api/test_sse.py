@@ -13,19 +13,11 @@ from typing import Any
 import pytest
 
 from omniserve.api.sse import DONE, ChunkEncoder, encode_stream, usage_object
+from omniserve.api.streaming import EventStreamResponse
 from omniserve.catalog import Catalog
-from omniserve.engines.base import (
-    AudioDelta,
-    CompletionTokens,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    PromptTokens,
-    ReasoningDelta,
-    TextDelta,
-    Usage,
-)
 from omniserve.errors import ApiError, InternalError, InvalidParameter, RateLimited
+from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
+from omniserve.job import CompletionTokens, GenerationJob, PromptTokens, Usage
 
 UUID = "a68eca3b-c67e-4666-a72f-73c0b4919860"
 CREATED = 1757647879
@@ -285,9 +277,11 @@ class Source:
             self.closed = True
 
 
-def collect(
+def encoded(
     source: Source, *, include_usage: bool = False, transcript: bool = False, **kw: Any
 ) -> list[bytes]:
+    """What ``encode_stream`` yields for ``source`` (a failure propagates)."""
+
     async def run() -> list[bytes]:
         stream = encode_stream(
             kw.pop("job", make_job()),
@@ -297,6 +291,37 @@ def collect(
             created=CREATED,
         )
         return [chunk async for chunk in stream]
+
+    return asyncio.run(run())
+
+
+def collect(
+    source: Source, *, include_usage: bool = False, transcript: bool = False, **kw: Any
+) -> list[bytes]:
+    """What a client reads of ``source``'s stream: the encoder's chunks as the response sends
+    them (a failure after the first chunk becomes the error event and ``[DONE]``)."""
+
+    async def run() -> list[bytes]:
+        stream = encode_stream(
+            kw.pop("job", make_job()),
+            source.generate(),
+            include_usage=include_usage,
+            transcript=transcript,
+            created=CREATED,
+        )
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client never leaves
+            return {}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        response = EventStreamResponse(stream, request_id="r")
+        await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
+        assert sent[0]["status"] == 200
+        return [m["body"] for m in sent[1:] if m["body"]]
 
     return asyncio.run(run())
 
@@ -371,7 +396,7 @@ def test_finished_first_still_opens_with_the_role_chunk() -> None:
 def test_error_before_the_first_event_propagates(error: Exception) -> None:
     source = Source([TextDelta("x")], fail_with=error, fail_after=0)
     with pytest.raises(type(error)) as info:
-        collect(source)
+        encoded(source)
     assert info.value is error
     assert source.closed
 
@@ -380,7 +405,7 @@ def test_api_error_after_the_first_event_is_an_error_event() -> None:
     err = InvalidParameter("Output data may contain inappropriate content.")
     source = Source([TextDelta("a"), TextDelta("b")], fail_with=err, fail_after=1)
     out = collect(source)
-    assert out == [ENC.role(), ENC.text("a"), ChunkEncoder.error(err), DONE]
+    assert out == [ENC.role(), ENC.text("a"), ChunkEncoder.error(err) + DONE]
     assert source.closed
 
 
@@ -390,7 +415,7 @@ def test_other_error_after_the_first_event_hides_its_details(
     source = Source([TextDelta("a")], fail_with=RuntimeError("secret detail"), fail_after=1)
     with caplog.at_level(logging.ERROR, logger="omniserve.stream"):
         out = collect(source)
-    assert out == [ENC.role(), ENC.text("a"), ChunkEncoder.error(InternalError()), DONE]
+    assert out == [ENC.role(), ENC.text("a"), ChunkEncoder.error(InternalError()) + DONE]
     assert b"secret" not in b"".join(out)
     assert "secret detail" in caplog.text  # logged for the operator, not sent
 
@@ -398,9 +423,9 @@ def test_other_error_after_the_first_event_hides_its_details(
 def test_engine_that_ends_without_finished() -> None:
     out = collect(Source([TextDelta("a")], finish=False))
     assert out[:2] == [ENC.role(), ENC.text("a")]
-    assert out[-1] == DONE
-    assert len(out) == 4
-    error = json.loads(out[2][len(b"data: ") :])["error"]
+    assert out[-1].endswith(DONE)
+    assert len(out) == 3
+    error = json.loads(out[2].removesuffix(DONE)[len(b"data: ") :])["error"]
     assert error == {
         "message": "The engine ended the stream without finishing it.",
         "type": "internal_error",
@@ -411,7 +436,7 @@ def test_engine_that_ends_without_finished() -> None:
 
 def test_engine_that_yields_nothing_is_an_error_before_output() -> None:
     with pytest.raises(InternalError, match="without finishing"):
-        collect(Source([], finish=False))
+        encoded(Source([], finish=False))
 
 
 def test_closing_the_encoder_closes_the_source() -> None:

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from omniserve.api.streaming import EventStreamResponse
-from omniserve.errors import ApiError, InvalidParameter
-
-
-def render(exc: ApiError) -> tuple[int, Mapping[str, str], bytes]:
-    return exc.status, {"x-test": "1"}, json.dumps({"error": exc.body()}).encode()
+from omniserve.errors import InvalidParameter
 
 
 class Wire:
@@ -30,10 +26,10 @@ class Wire:
         self.sent.append(message)
 
 
-def run(body: AsyncIterator[bytes], wire: Wire | None = None) -> Wire:
+def run(body: AsyncGenerator[bytes, None], wire: Wire | None = None) -> Wire:
     async def main() -> Wire:
         w = wire or Wire()
-        response = EventStreamResponse(body, render_error=render, headers={"x-request-id": "r"})
+        response = EventStreamResponse(body, request_id="r")
         await response({"type": "http"}, w.receive, w.send)  # type: ignore[arg-type]
         return w
 
@@ -62,7 +58,7 @@ def test_error_before_the_first_chunk_is_an_http_error() -> None:
 
     wire = run(body())
     assert wire.sent[0]["status"] == 400
-    assert dict(wire.sent[0]["headers"])[b"x-test"] == b"1"
+    assert dict(wire.sent[0]["headers"])[b"x-request-id"] == b"r"
     assert json.loads(wire.sent[1]["body"])["error"]["message"] == "nope"
 
 
@@ -90,7 +86,7 @@ def test_disconnect_cancels_and_closes_the_body() -> None:
             finally:
                 closed.set()
 
-        response = EventStreamResponse(body(), render_error=render)
+        response = EventStreamResponse(body(), request_id="r")
         task = asyncio.create_task(response({"type": "http"}, wire.receive, wire.send))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()

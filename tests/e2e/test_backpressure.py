@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 import httpx
 
 from helpers import chat_body, fast_settings, live_server
-from omniserve.engines.base import EngineEvent, GenerationJob, TextDelta
+from omniserve.engines.base import Engine
+from omniserve.events import EngineEvent, TextDelta
+from omniserve.job import GenerationJob
 
 CHUNK = "x" * 65536
 
 
-class Firehose:
+class Firehose(Engine):
     """An engine that answers as fast as it is read, forever, 64 KiB an event."""
 
     name = "firehose"
@@ -26,12 +28,6 @@ class Firehose:
     def __init__(self) -> None:
         self.produced = 0
         self.closed = False
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
         try:

@@ -12,19 +12,14 @@ from pathlib import Path
 import httpx
 
 from helpers import chat_body, fast_settings, live_server
-from omniserve.engines.base import (
-    CompletionTokens,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    TextDelta,
-    Usage,
-)
+from omniserve.engines.base import Engine
 from omniserve.engines.emulator import EmulatorEngine
-from omniserve.protocol.tokens import get_tokenizer
+from omniserve.events import EngineEvent, Finished, TextDelta
+from omniserve.job import CompletionTokens, GenerationJob, Usage
+from omniserve.tokens import get_tokenizer
 
 
-class RecordingEngine:
+class RecordingEngine(Engine):
     """Wraps a real engine and records when each generation is closed."""
 
     name = "recording"
@@ -35,12 +30,6 @@ class RecordingEngine:
         self.endless = endless
         self.closed_at: list[float] = []
         self.event = threading.Event()
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
         try:

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from helpers import LiveServer, chat_body, fast_settings, live_server, read_sse
-from omniserve.protocol.tokens import get_tokenizer
+from omniserve.tokens import get_tokenizer
 
 KEY_ORDER = ["choices", "object", "usage", "created", "system_fingerprint", "model", "id"]
 

@@ -9,7 +9,7 @@ import httpx
 
 from helpers import chat_body, fast_settings, live_server
 from omniserve.errors import RequestTimedOut
-from omniserve.service import Watchdog
+from omniserve.watchdog import Watchdog
 
 
 def test_no_first_event_in_time_is_a_timeout_error() -> None:

@@ -14,15 +14,7 @@ from helpers import fast_settings
 from omniserve.catalog import Catalog, Language
 from omniserve.config import EmulatorSettings
 from omniserve.engines import make_engine
-from omniserve.engines.base import (
-    CompletionTokens,
-    Engine,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    ReasoningDelta,
-    TextDelta,
-)
+from omniserve.engines.base import Engine
 from omniserve.engines.emulator import (
     EmulatorEngine,
     last_user_text,
@@ -30,9 +22,11 @@ from omniserve.engines.emulator import (
     request_digest,
 )
 from omniserve.engines.emulator_text import PHRASES
+from omniserve.events import EngineEvent, Finished, ReasoningDelta, TextDelta
+from omniserve.job import CompletionTokens, GenerationJob
 from omniserve.protocol.request import parse_chat_request
-from omniserve.protocol.tokens import get_tokenizer
 from omniserve.protocol.validate import RequestValidator
+from omniserve.tokens import get_tokenizer
 
 TOK = get_tokenizer()
 VALIDATOR = RequestValidator(Catalog.default(), TOK)

@@ -7,8 +7,8 @@ import pytest
 
 from media.mediafiles import MediaFiles, flac_claiming, mutated, wav_header
 from omniserve.catalog import Catalog
-from omniserve.engines.inputs import AUDIO_INPUT_RATE, AudioInput
 from omniserve.errors import InvalidMedia
+from omniserve.job import AUDIO_INPUT_RATE, AudioInput
 from omniserve.media.audio import EMPTY, ILLEGAL, TOO_LARGE, TOO_LONG, decode_audio
 from omniserve.media.policy import billing_policy, open_policy
 

@@ -11,8 +11,8 @@ import pytest
 
 from media.mediafiles import BFRAMES, VIDEO_FORMATS, MediaFiles, mutated
 from omniserve.catalog import Catalog, MediaLimits
-from omniserve.engines.inputs import AUDIO_INPUT_RATE, VideoInput
 from omniserve.errors import InvalidMedia
+from omniserve.job import AUDIO_INPUT_RATE, VideoInput
 from omniserve.media.policy import MediaPolicy, billing_policy
 from omniserve.media.video import NO_FRAMES, TOO_LARGE, TOO_LONG, UNDECODABLE, decode_video
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from omniserve.protocol.tokens import (
+from omniserve.tokens import (
     IM_END,
     IM_START,
     QwenTokenizer,

@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 
 from omniserve.catalog import Catalog
-from omniserve.engines.base import GenerationJob, MediaItem, PromptTokens, SamplingParams
 from omniserve.errors import ApiError, InvalidMedia, InvalidParameter, MediaNotEnabled
+from omniserve.job import GenerationJob, MediaItem, PromptTokens, SamplingParams
 from omniserve.protocol.request import parse_chat_request
-from omniserve.protocol.tokens import get_tokenizer
 from omniserve.protocol.validate import (
     INVALID_URL,
     RequestValidator,
     ValidatedRequest,
     quote_list,
 )
+from omniserve.tokens import get_tokenizer
 
 CATALOG = Catalog.default()
 TOK = get_tokenizer()
@@ -567,3 +567,35 @@ def test_text_too_long_to_fit_is_refused_before_it_is_tokenized() -> None:
     with pytest.raises(InvalidParameter, match=rf"Range of input length should be \[1, {limit}\]"):
         validate(validator, messages=[{"role": "user", "content": text}])
     assert Counting.counted == 0  # refused on its length alone
+
+
+# -- a model that only captions audio ----------------------------------------------------
+
+
+def test_a_captioner_needs_audio_in_the_last_user_message() -> None:
+    from dataclasses import replace
+
+    captioner = replace(CATALOG.get("qwen3-omni-flash"), audio_input_required=True)
+    validator = RequestValidator(Catalog([captioner]), TOK, media_enabled=True)
+    with pytest.raises(InvalidParameter, match="captions audio") as info:
+        validate(validator)
+    assert info.value.param == "messages"
+    audio = {"type": "input_audio", "input_audio": {"data": "https://example.com/a.wav"}}
+    earlier = [{"role": "user", "content": [audio]}, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(InvalidParameter, match="captions audio"):
+        validate(validator, messages=[*earlier, {"role": "user", "content": "again"}])
+    job = validate(validator, messages=[{"role": "user", "content": [audio]}]).job
+    assert [item.kind for item in job.messages[-1].media] == ["input_audio"]
+
+
+def test_a_model_served_without_video_refuses_it_before_any_fetch() -> None:
+    from dataclasses import replace
+
+    no_video = replace(CATALOG.get("qwen3-omni-flash"), video_input=False)
+    validator = RequestValidator(Catalog([no_video]), TOK, media_enabled=True)
+    video = {"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}}
+    with pytest.raises(InvalidParameter, match="does not accept video input") as info:
+        validate(validator, messages=[{"role": "user", "content": [video]}])
+    assert info.value.param == "messages"
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    assert validate(validator, messages=[{"role": "user", "content": [image]}]).job

@@ -15,16 +15,8 @@ import pytest
 
 from omniserve.catalog import TEN_LANGUAGES, ZH_EN, Language, build_models
 from omniserve.config import SpeechSettings
-from omniserve.engines.base import (
-    AudioDelta,
-    CompletionTokens,
-    EngineEvent,
-    Finished,
-    PromptTokens,
-    ReasoningDelta,
-    TextDelta,
-    Usage,
-)
+from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
+from omniserve.job import CompletionTokens, PromptTokens, Usage
 from omniserve.speech.pcm import chunk_bytes_for, duration_seconds
 from omniserve.speech.stream import speak_along
 from omniserve.speech.synth import EspeakSynthesizer, SpeechError, Synthesizer, tone_pcm

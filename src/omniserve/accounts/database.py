@@ -15,12 +15,14 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from omniserve.errors import StartupError
+
 log = logging.getLogger("omniserve.accounts")
 
 SQLITE_FILE = "omniserve.db"
 
 
-class DatabaseError(Exception):
+class DatabaseError(StartupError):
     """The accounts database cannot be used; the message says why in one line."""
 
 

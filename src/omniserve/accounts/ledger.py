@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from omniserve.accounts.keys import now_ms
 from omniserve.accounts.schema import ledger
+from omniserve.job import TOKEN_KINDS, Usage
 
 log = logging.getLogger("omniserve.ledger")
 
@@ -49,16 +50,10 @@ class Outcome:
 
     request_id: str
     key_id: str | None
-    status: str  # ok | error | disconnected
+    status: str  # ok | error | disconnected | running
     error_code: str | None = None
     finish_reason: str | None = None
-    prompt_text: int = 0
-    prompt_image: int = 0
-    prompt_audio: int = 0
-    prompt_video: int = 0
-    completion_text: int = 0
-    completion_audio: int = 0
-    completion_reasoning: int = 0
+    usage: Usage = field(default_factory=Usage)
     audio_seconds: float = 0.0
     ttft_ms: int | None = None
     ttfa_ms: int | None = None
@@ -67,22 +62,25 @@ class Outcome:
 
     @property
     def tokens(self) -> int:
-        return (
-            self.prompt_text
-            + self.prompt_image
-            + self.prompt_audio
-            + self.prompt_video
-            + self.completion_text
-            + self.completion_audio
-            + self.completion_reasoning
-        )
+        return self.usage.total
 
     def columns(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _OUTCOME_FIELDS}
+        """The row's columns but the request and key ids, in ``OUTCOME_COLUMNS`` order."""
+        return {
+            "status": self.status,
+            "error_code": self.error_code,
+            "finish_reason": self.finish_reason,
+            **self.usage.by_kind(),
+            "audio_seconds": self.audio_seconds,
+            "ttft_ms": self.ttft_ms,
+            "ttfa_ms": self.ttfa_ms,
+            "duration_ms": self.duration_ms,
+            "cost": self.cost,
+        }
 
 
-_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome) if f.name not in ("request_id", "key_id"))
-_TOKEN_FIELDS = tuple(n for n in _OUTCOME_FIELDS if n.startswith(("prompt_", "completion_")))
+_OUTCOME_FIELDS = tuple(Outcome("", None, "").columns())
+_TOKEN_FIELDS: tuple[str, ...] = TOKEN_KINDS
 
 
 RUNNING = "running"  # an Outcome with this status is the usage so far of a running request
@@ -361,7 +359,7 @@ def _store_sqlite(
         if completing:
             conn.exec_driver_sql(
                 _SQLITE_COMPLETE,
-                [(*(getattr(o, n) for n in _OUTCOME_FIELDS), o.request_id) for o in completing],
+                [(*o.columns().values(), o.request_id) for o in completing],
             )
     _count_used(
         conn,
@@ -435,8 +433,10 @@ def _store_postgres(
 ) -> tuple[int, int]:
     """Writes a batch in one statement; returns (rows inserted, rows completed)."""
     params = {f"i_{c.name}": [r[c.name] for r in inserts] for c in ledger.c}
-    for n in ("request_id", *_OUTCOME_FIELDS):
-        params[f"u_{n}"] = [getattr(o, n) for o in updates]
+    params["u_request_id"] = [o.request_id for o in updates]
+    rows = [o.columns() for o in updates]
+    for n in _OUTCOME_FIELDS:
+        params[f"u_{n}"] = [r[n] for r in rows]
     inserted, completed, _ = conn.exec_driver_sql(_PG_BATCH, params).one()
     return int(inserted), int(completed)
 

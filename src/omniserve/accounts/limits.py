@@ -88,6 +88,11 @@ class Limiter(Protocol):
         """Drops a key's counters (its limits or quota changed; they are re-seeded)."""
         ...
 
+    async def ping(self) -> None:
+        """Returns when the limiter answers (a shared one over the network); raises what its
+        connection raises when it does not."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -215,6 +220,9 @@ class InProcessLimiter:
 
     async def forget(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
+
+    async def ping(self) -> None:
+        return None  # in this process: always there
 
     async def close(self) -> None:
         self._keys.clear()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from omniserve.catalog import ModelSpec, Price
-from omniserve.engines.base import Usage
+from omniserve.job import Usage
 
 
 def price_for(model: ModelSpec, region: str) -> Price | None:

@@ -19,6 +19,8 @@ from sqlalchemy import (
     Text,
 )
 
+from omniserve.job import TOKEN_KINDS
+
 metadata = MetaData()
 
 api_keys = Table(
@@ -61,13 +63,8 @@ ledger = Table(
     Column("status", String(16), nullable=False),
     Column("error_code", String(64), nullable=True),
     Column("finish_reason", String(16), nullable=True),
-    Column("prompt_text", Integer, nullable=False, default=0),
-    Column("prompt_image", Integer, nullable=False, default=0),
-    Column("prompt_audio", Integer, nullable=False, default=0),
-    Column("prompt_video", Integer, nullable=False, default=0),
-    Column("completion_text", Integer, nullable=False, default=0),
-    Column("completion_audio", Integer, nullable=False, default=0),
-    Column("completion_reasoning", Integer, nullable=False, default=0),
+    # Tokens by kind, one column each (``Usage.by_kind()``).
+    *(Column(kind, Integer, nullable=False, default=0) for kind in TOKEN_KINDS),
     Column("audio_seconds", Float, nullable=False, default=0.0),
     Column("ttft_ms", Integer, nullable=True),
     Column("ttfa_ms", Integer, nullable=True),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import operator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,9 +12,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from omniserve.accounts.schema import ledger
+from omniserve.job import TOKEN_KINDS
 
 GroupBy = Literal["model", "key", "day"]
 DAY_MS = 86_400_000
+
+
+def _added(columns: Any) -> Any:
+    """The SQL sum of ``columns`` (a + b + …)."""
+    return functools.reduce(operator.add, columns)
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,8 @@ def usage_report(
     else:
         # Integer division truncates alike on SQLite and PostgreSQL.
         group = c.started_ms / sa.literal(DAY_MS, sa.BigInteger)
-    prompt = c.prompt_text + c.prompt_image + c.prompt_audio + c.prompt_video
-    completion = c.completion_text + c.completion_audio + c.completion_reasoning
+    prompt = _added(c[k] for k in TOKEN_KINDS if k.startswith("prompt_"))
+    completion = _added(c[k] for k in TOKEN_KINDS if k.startswith("completion_"))
     query = (
         sa.select(
             group.label("grp"),

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
-from omniserve.accounts.admission import Accounts
 from omniserve.accounts.keys import ApiKey, KeyNotFound, KeyStore
+from omniserve.accounts.service import Accounts
 from omniserve.accounts.usage import GroupBy, totals, usage_report
 from omniserve.api.auth import guard
 from omniserve.api.errors import error_response

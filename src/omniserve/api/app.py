@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omniserve import __version__
-from omniserve.accounts.admission import Accounts
+from omniserve.accounts.service import Accounts
 from omniserve.allocator import map_large_blocks
 from omniserve.api import admin, chat, models
 from omniserve.api.auth import guard
@@ -98,10 +98,7 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     svc = service or ChatService(settings)
     metrics = Metrics(m.name for m in svc.models())
     accounts = Accounts(settings.accounts, svc.tokenizer, metrics=metrics)
-    svc.media.observe = metrics.observe_media
-    depth = getattr(svc.engine, "queue_depth", None)
-    if callable(depth):
-        metrics.watch_engine(depth)
+    svc.attach(accounts, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,7 +143,7 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     app.include_router(operator)
     app.include_router(_docs(app))
     if settings.playground:
-        app.include_router(playground_router(accounts))
+        app.include_router(playground_router(accounts, Depends(guard("public"))))
     return app
 
 

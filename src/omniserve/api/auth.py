@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import Request
 from starlette.routing import BaseRoute
 
-from omniserve.accounts.admission import Accounts, AuthLevel, Caller
+from omniserve.accounts.auth import AuthLevel, Caller
+from omniserve.accounts.service import Accounts
 
 Guard = Callable[[Request], Awaitable[Caller]]
 _GUARDS: dict[AuthLevel, Guard] = {}

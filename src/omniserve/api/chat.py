@@ -1,24 +1,25 @@
-"""``POST .../chat/completions``: read the body, let the service validate it, stream the answer."""
+"""``POST .../chat/completions``: read the body, open the completion, stream it.
+
+Everything between the bytes and the stream (validation, admission, media, the engine, the
+settling of the request) is the chat service's (``service.py``); encoding is ``sse.py``'s and
+what a failure becomes is the response's (``streaming.py``).
+"""
 
 from __future__ import annotations
 
-import re
-import uuid
-
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from omniserve.accounts.admission import Accounts, Caller
+from omniserve.accounts.auth import Caller
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
-from omniserve.api.errors import error_response, render_error
-from omniserve.api.sse import DONE, ChunkEncoder, encode_stream
+from omniserve.api.errors import error_response
+from omniserve.api.sse import encode_stream
 from omniserve.api.streaming import EventStreamResponse
 from omniserve.errors import ApiError, PayloadTooLarge
-from omniserve.metrics import Metrics
+from omniserve.job import new_request_id
+from omniserve.meter import CLIENT_CLOSED
 from omniserve.service import ChatService
 
 router = APIRouter()
@@ -43,15 +44,6 @@ async def read_body(request: Request, limit: int, into: bytearray | None = None)
 
 
 KEY = Depends(guard("key"))
-# What an answer to a client that left is counted as (nginx's "client closed request").
-CLIENT_CLOSED = 499
-_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
-
-
-def model_named(body: bytes | bytearray) -> str:
-    """The model a (possibly invalid) body names, for the metrics' label; "" when none."""
-    found = _MODEL.search(body, 0, 4096)
-    return found.group(1).decode("utf-8", "replace") if found else ""
 
 
 def fetching_for(request: Request, caller: Caller) -> str:
@@ -63,48 +55,39 @@ def fetching_for(request: Request, caller: Caller) -> str:
 
 
 async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
-    """Authenticated (the guard), read, validated, admitted against the key's limits, then
-    streamed; the ticket settles the limits and writes the ledger when the stream ends."""
+    """Authenticated (the guard), read, then opened and streamed by the chat service."""
     service: ChatService = request.app.state.service
-    accounts: Accounts = request.app.state.accounts
     drain: Drain = request.app.state.drain
-    metrics: Metrics = request.app.state.metrics
-    request_id = str(uuid.uuid4())
+    request_id = new_request_id()
     received = bytearray()
-    body = received
     try:
         if drain.draining:
             raise shutting_down()
         body = await read_body(request, service.settings.max_request_bytes, received)
-        # Parsing, validation and token counting grow with the body: off the event loop.
-        validated = await anyio.to_thread.run_sync(
-            service.prepare, body, request_id, limiter=service.parse_limiter()
-        )
-        ticket = await accounts.admit(caller, validated.job)
     except ClientDisconnect:
         # The client left while sending its body (a flaky upload): nothing to answer.
-        model = metrics.model(model_named(received))
-        metrics.requests.labels(model, "disconnected").inc()
+        service.client_left(received)
         return Response(status_code=CLIENT_CLOSED)
-    except ApiError as exc:
-        metrics.requests.labels(metrics.model(model_named(body)), "refused").inc()
-        metrics.error(exc.code)
+    except ApiError as exc:  # refused at the door: counted like the service's refusals
+        service.refused(received, exc)
         return error_response(exc, request_id)
-    job = validated.job
+    try:
+        completion = await service.open(
+            caller, body, request_id, fetching_for=fetching_for(request, caller)
+        )
+    except ApiError as exc:
+        return error_response(exc, request_id)
     stream = encode_stream(
-        job,
-        ticket.meter(service.events(job, counted=ticket.fit, caller=fetching_for(request, caller))),
-        include_usage=validated.include_usage,
+        completion.job,
+        completion.events(),
+        include_usage=completion.include_usage,
         transcript=service.settings.speech.transcript,
     )
     return EventStreamResponse(
         stream,
-        render_error=lambda exc: render_error(exc, request_id),
-        headers={"x-request-id": request_id},
-        on_close=ticket.abandon,
+        request_id=request_id,
+        owner=completion,
         drain=drain,
-        last_event=lambda exc: ChunkEncoder.error(exc) + DONE,
-        on_interrupt=ticket.interrupt,
         send_timeout_s=service.settings.timeouts.client_s,
     )
 

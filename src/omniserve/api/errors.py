@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -12,7 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from omniserve.errors import ApiError, InvalidParameter, MethodNotAllowed, NotFound
+from omniserve.errors import ApiError, HttpError, InvalidParameter, MethodNotAllowed, NotFound
+from omniserve.job import new_request_id
 
 
 def error_envelope(exc: ApiError, request_id: str) -> bytes:
@@ -27,7 +27,7 @@ def render_error(exc: ApiError, request_id: str) -> tuple[int, Mapping[str, str]
 
 
 def error_response(exc: ApiError, request_id: str | None = None) -> Response:
-    status, headers, payload = render_error(exc, request_id or str(uuid.uuid4()))
+    status, headers, payload = render_error(exc, request_id or new_request_id())
     return Response(
         payload, status_code=status, headers=dict(headers), media_type="application/json"
     )
@@ -62,9 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(
                 MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
             )
-        err = ApiError(str(exc.detail))
-        err.status = exc.status_code
-        return error_response(err)
+        return error_response(HttpError(exc.status_code, str(exc.detail)))
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

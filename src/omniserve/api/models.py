@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response
 
-from omniserve.accounts.admission import Caller
+from omniserve.accounts.auth import Caller
 from omniserve.api.auth import guard
 from omniserve.api.errors import error_response
 from omniserve.catalog import ModelSpec, Voice

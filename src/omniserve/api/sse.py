@@ -8,24 +8,15 @@ with a role chunk, ends with a finish chunk, the usage chunk when asked for, and
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from omniserve.engines.base import (
-    AudioDelta,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    ReasoningDelta,
-    TextDelta,
-    Usage,
-)
-from omniserve.errors import ApiError, InternalError
-
-log = logging.getLogger("omniserve.stream")
+from omniserve.errors import SSE_ERROR_ORDER, ApiError, InternalError
+from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
+from omniserve.job import GenerationJob, TokenKind, Usage
 
 DONE = b"data: [DONE]\n\n"
 
@@ -34,29 +25,39 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+# The vendor's name for each token kind in the usage's details, in the vendor's key order:
+# text always, the other kinds only when used.
+_COMPLETION_DETAILS: tuple[tuple[TokenKind, str], ...] = (
+    ("completion_audio", "audio_tokens"),
+    ("completion_reasoning", "reasoning_tokens"),
+    ("completion_text", "text_tokens"),
+)
+_PROMPT_DETAILS: tuple[tuple[TokenKind, str], ...] = (
+    ("prompt_text", "text_tokens"),
+    ("prompt_image", "image_tokens"),
+    ("prompt_audio", "audio_tokens"),
+    ("prompt_video", "video_tokens"),
+)
+
+
 def usage_object(usage: Usage) -> dict[str, Any]:
     """The vendor's usage: parents are sums of details; only details that apply are present."""
-    p, c = usage.prompt, usage.completion
-    completion_details: dict[str, int] = {}
-    if c.audio:
-        completion_details["audio_tokens"] = c.audio
-    if c.reasoning:
-        completion_details["reasoning_tokens"] = c.reasoning
-    completion_details["text_tokens"] = c.text
-    prompt_details: dict[str, int] = {"text_tokens": p.text}
-    for key, value in (
-        ("image_tokens", p.image),
-        ("audio_tokens", p.audio),
-        ("video_tokens", p.video),
-    ):
-        if value:
-            prompt_details[key] = value
+    kinds = usage.by_kind()
+
+    def details(names: tuple[tuple[TokenKind, str], ...]) -> dict[str, int]:
+        return {
+            wire: kinds[kind]
+            for kind, wire in names
+            if kinds[kind] or kind in ("prompt_text", "completion_text")
+        }
+
+    p, c = usage.prompt.total, usage.completion.total
     return {
-        "prompt_tokens": p.total,
-        "completion_tokens": c.total,
-        "total_tokens": p.total + c.total,
-        "completion_tokens_details": completion_details,
-        "prompt_tokens_details": prompt_details,
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "completion_tokens_details": details(_COMPLETION_DETAILS),
+        "prompt_tokens_details": details(_PROMPT_DETAILS),
     }
 
 
@@ -119,34 +120,30 @@ class ChunkEncoder:
 
     @staticmethod
     def error(err: ApiError) -> bytes:
-        body = {
-            "error": {
-                "message": err.message,
-                "type": err.type,
-                "param": err.param,
-                "code": err.code,
-            }
-        }
-        return b"data: " + _dumps(body) + b"\n\n"
+        """The error event of a stream that fails after its first chunk (the vendor's key
+        order)."""
+        return b"data: " + _dumps({"error": err.body(SSE_ERROR_ORDER)}) + b"\n\n"
+
+
+def error_event(err: ApiError) -> bytes:
+    """What ends a stream that fails after its first chunk: the error event, then ``[DONE]``."""
+    return ChunkEncoder.error(err) + DONE
 
 
 async def encode_stream(
     job: GenerationJob,
-    events: AsyncIterator[EngineEvent],
+    events: AsyncGenerator[EngineEvent, None],
     *,
     include_usage: bool,
     transcript: bool = False,
     created: int | None = None,
-) -> AsyncIterator[bytes]:
-    """SSE bytes for one completion.
-
-    An error before the first event propagates (the API answers it with an HTTP error); after
-    that it becomes a ``data: {"error": …}`` event followed by ``[DONE]``. Closing this iterator
-    closes the engine's.
-    """
+) -> AsyncGenerator[bytes, None]:
+    """SSE bytes for one completion. A failure propagates, wherever it happens: what it
+    becomes depends on whether the client has bytes already, which the response knows
+    (``streaming.py``). Closing this generator closes ``events``."""
     enc = ChunkEncoder(job, created=created)
     started = False
-    try:
+    async with contextlib.aclosing(events):
         async for event in events:
             if not started:
                 started = True
@@ -166,20 +163,4 @@ async def encode_stream(
                     yield enc.usage(event.usage)
                 yield DONE
                 return
-        raise InternalError("The engine ended the stream without finishing it.")
-    except ApiError as exc:
-        if not started:
-            raise
-        log.warning("stream %s failed: %r", enc.completion_id, exc)
-        yield enc.error(exc)
-        yield DONE
-    except Exception:
-        if not started:
-            raise
-        log.exception("stream %s failed", enc.completion_id)
-        yield enc.error(InternalError())
-        yield DONE
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    raise InternalError("The engine ended the stream without finishing it.")

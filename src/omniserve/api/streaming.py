@@ -1,27 +1,31 @@
 """An SSE response that answers early errors as HTTP errors and stops work on disconnect.
 
-The body's first chunk is awaited before the status line is sent, so a failure before any output
-is a proper 4xx/5xx. While streaming, a watcher reads ``http.disconnect`` and cancels the body at
-once, so a client that goes away stops its engine within one event-loop turn rather than at the
-next write.
+The one place that decides what a failure becomes: the body's first chunk is awaited before
+the status line is sent, so a failure before any output is a proper 4xx/5xx; after that it
+becomes the stream's error event and ``[DONE]`` (details of an unexpected error are logged,
+not sent). While streaming, a watcher reads ``http.disconnect`` and cancels the body at once,
+so a client that goes away stops its engine within one event-loop turn rather than at the
+next write. The response owns the body: it closes it when it ends, however it ends, and then
+closes the request behind it (``owner``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
+from typing import Protocol
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from omniserve.api.drain import Drain
+from omniserve.api.errors import render_error
+from omniserve.api.sse import error_event
 from omniserve.errors import ApiError, InternalError
 
 log = logging.getLogger("omniserve.stream")
-
-ErrorRenderer = Callable[[ApiError], tuple[int, Mapping[str, str], bytes]]
 
 SSE_HEADERS = {
     "content-type": "text/event-stream;charset=UTF-8",
@@ -30,30 +34,35 @@ SSE_HEADERS = {
 }
 
 
+class StreamOwner(Protocol):
+    """The request behind a stream (a ``Completion``)."""
+
+    def interrupt(self, reason: ApiError) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class EventStreamResponse(Response):
     def __init__(
         self,
-        body: AsyncIterator[bytes],
+        body: AsyncGenerator[bytes, None],
         *,
-        render_error: ErrorRenderer,
-        headers: Mapping[str, str] | None = None,
-        on_close: Callable[[], None] | None = None,
+        request_id: str,
+        owner: StreamOwner | None = None,
         drain: Drain | None = None,
-        last_event: Callable[[ApiError], bytes] | None = None,
-        on_interrupt: Callable[[ApiError], None] | None = None,
         send_timeout_s: float = 60.0,
+        error_frame: Callable[[ApiError], bytes] = error_event,
     ) -> None:
         self.stream = body
         self.status_code = 200
         self.background = None
-        self.render_error = render_error
-        merged = {**SSE_HEADERS, **(headers or {})}
-        self.raw_headers = [(k.encode(), v.encode()) for k, v in merged.items()]
-        self.on_close = on_close
+        self.request_id = request_id
+        headers = {**SSE_HEADERS, "x-request-id": request_id}
+        self.raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.owner = owner
         self.disconnected = False
         self.drain = drain
-        self.last_event = last_event
-        self.on_interrupt = on_interrupt
+        self.error_frame = error_frame
         self._interrupted: ApiError | None = None
         self._body_scope: anyio.CancelScope | None = None
         # A client that stops reading: its socket buffer fills and ``send`` waits; after
@@ -66,11 +75,11 @@ class EventStreamResponse(Response):
 
     def interrupt(self, reason: ApiError) -> None:
         """Ends the stream now (the server is shutting down): the body stops, and the client
-        gets ``last_event(reason)`` instead of the rest."""
+        gets the error event of ``reason`` instead of the rest."""
         if self._interrupted is None:
             self._interrupted = reason
-            if self.on_interrupt is not None:
-                self.on_interrupt(reason)
+            if self.owner is not None:
+                self.owner.interrupt(reason)
             if self._body_scope is not None:
                 self._body_scope.cancel()
 
@@ -98,11 +107,9 @@ class EventStreamResponse(Response):
                         self._stall.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                aclose = getattr(self.stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            if self.on_close is not None:
-                self.on_close()
+                await self.stream.aclose()
+                if self.owner is not None:
+                    await self.owner.aclose()
             if self.drain is not None:
                 self.drain.discard(self)
 
@@ -111,34 +118,41 @@ class EventStreamResponse(Response):
             first = await anext(self.stream)
         except StopAsyncIteration:
             first = b""
-        except ApiError as exc:
-            await self._send_error(send, exc)
+        except Exception as exc:
+            await self._send_error(send, self._as_api_error(exc, started=False))
             return
-        except Exception:
-            log.exception("stream failed before its first chunk")
-            await self._send_error(send, InternalError())
-            return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": self.raw_headers,
-            }
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if first:
             await self._send(send, first)
+        failed: ApiError | None = None
         with anyio.CancelScope() as self._body_scope:
             if self._interrupted is None:
-                async for chunk in self.stream:
-                    await self._send(send, chunk)
-        if self._interrupted is not None and self.last_event is not None:
+                try:
+                    async for chunk in self.stream:
+                        await self._send(send, chunk)
+                except Exception as exc:
+                    failed = self._as_api_error(exc, started=True)
+        if self._interrupted is not None:
             with anyio.CancelScope(shield=True):
-                aclose = getattr(self.stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()  # the engine stops and the ledger row is completed first
-            last = self.last_event(self._interrupted)
-            await send({"type": "http.response.body", "body": last, "more_body": True})
+                await self.stream.aclose()  # the engine stops and the request is settled first
+            failed = self._interrupted
+        if failed is not None:
+            await send(
+                {"type": "http.response.body", "body": self.error_frame(failed), "more_body": True}
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _as_api_error(self, exc: Exception, *, started: bool) -> ApiError:
+        """What the client is told of a failure: an ``ApiError`` as it is (a refusal before
+        the first chunk is the client's business, not the log's); anything else is a fault of
+        ours, logged here and answered without its details."""
+        if isinstance(exc, ApiError):
+            if started:
+                log.warning("stream %s failed: %r", self.request_id, exc)
+            return exc
+        when = "after its first chunk" if started else "before its first chunk"
+        log.error("stream %s failed %s", self.request_id, when, exc_info=exc)
+        return InternalError()
 
     async def _send(self, send: Send, chunk: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -163,7 +177,7 @@ class EventStreamResponse(Response):
             self._scope.cancel()
 
     async def _send_error(self, send: Send, exc: ApiError) -> None:
-        status, headers, payload = self.render_error(exc)
+        status, headers, payload = render_error(exc, self.request_id)
         merged = {"content-type": "application/json", **headers}
         await send(
             {

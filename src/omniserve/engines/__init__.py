@@ -5,8 +5,8 @@ from __future__ import annotations
 from omniserve.catalog import Catalog
 from omniserve.config import Settings
 from omniserve.engines.base import Engine
-from omniserve.protocol.tokens import QwenTokenizer
 from omniserve.speech.pcm import chunk_bytes_for
+from omniserve.tokens import QwenTokenizer
 
 
 def make_engine(settings: Settings, tokenizer: QwenTokenizer, catalog: Catalog) -> Engine:

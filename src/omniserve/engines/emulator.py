@@ -11,30 +11,29 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 from omniserve.catalog import Language
 from omniserve.config import EmulatorSettings
-from omniserve.engines.base import (
-    CompletionTokens,
-    EngineEvent,
-    Finished,
-    FinishReason,
-    GenerationJob,
-    MediaItem,
-    ReasoningDelta,
-    TextDelta,
-    Usage,
-)
+from omniserve.engines.base import Engine
 from omniserve.engines.emulator_text import (
     MediaFacts,
     Received,
     compose_answer,
     compose_reasoning,
 )
-from omniserve.engines.inputs import AudioInput, ImageInput, VideoInput
-from omniserve.protocol.tokens import QwenTokenizer
+from omniserve.events import EngineEvent, Finished, FinishReason, ReasoningDelta, TextDelta
+from omniserve.job import (
+    AudioInput,
+    CompletionTokens,
+    GenerationJob,
+    ImageInput,
+    MediaItem,
+    Usage,
+    VideoInput,
+)
 from omniserve.speech.language import detect_language
+from omniserve.tokens import QwenTokenizer
 
 
 def last_user_text(job: GenerationJob) -> str:
@@ -108,7 +107,7 @@ def _source_digest(source: str | tuple[str, ...]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-class EmulatorEngine:
+class EmulatorEngine(Engine):
     """Deterministic replies, real token counts, configurable pacing."""
 
     name = "emulator"
@@ -118,16 +117,10 @@ class EmulatorEngine:
         self.settings = settings
         self.tokenizer = tokenizer
 
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
     def language_of(self, job: GenerationJob) -> Language:
         return detect_language(last_user_text(job), allowed=job.model.output_languages)
 
-    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
         received = received_from(job)
         language = self.language_of(job)
         answer = compose_answer(received, language, closing=request_digest(job))

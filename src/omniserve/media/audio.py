@@ -18,8 +18,8 @@ from av.container import InputContainer
 from av.stream import Discard, Stream
 
 from omniserve.catalog import MediaLimits
-from omniserve.engines.inputs import AUDIO_INPUT_RATE, AudioInput, Samples
 from omniserve.errors import InvalidMedia
+from omniserve.job import AUDIO_INPUT_RATE, AudioInput, Samples
 from omniserve.media.policy import MediaPolicy
 
 _WHY = "The audio modality input does not meet the requirements because: "

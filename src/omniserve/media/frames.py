@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from omniserve.catalog import MediaLimits
-from omniserve.engines.inputs import VideoInput
 from omniserve.errors import InvalidMedia
+from omniserve.job import VideoInput
 from omniserve.media.budget import DecodeBudget, RequestBudget
 from omniserve.media.image import decode_image
 from omniserve.media.policy import MediaPolicy

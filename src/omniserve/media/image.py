@@ -32,8 +32,8 @@ from PIL import (
 )
 
 from omniserve.catalog import MediaLimits
-from omniserve.engines.inputs import ImageInput
 from omniserve.errors import InvalidMedia
+from omniserve.job import ImageInput
 from omniserve.media.budget import DecodeBudget, RequestBudget, check_decode, image_cost
 from omniserve.media.policy import ASPECT_MESSAGE, MediaPolicy
 

@@ -20,9 +20,8 @@ import anyio
 
 from omniserve.catalog import MediaLimits
 from omniserve.config import MediaSettings
-from omniserve.engines.base import ChatMessage, GenerationJob, MediaItem
-from omniserve.engines.inputs import DecodedMedia
 from omniserve.errors import ApiError
+from omniserve.job import ChatMessage, DecodedMedia, GenerationJob, MediaItem
 from omniserve.media.audio import decode_audio
 from omniserve.media.budget import AUDIO_COST, MB, VIDEO_COST, DecodeBudget, RequestBudget
 from omniserve.media.fetch import MediaFetcher

@@ -9,11 +9,12 @@ weights must match so counts stay honest.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from omniserve.catalog import ModelSpec
 from omniserve.errors import InvalidMedia
+from omniserve.job import MediaAccounting
 
 MAX_ASPECT = 200
 ASPECT_MESSAGE = "The image length and width do not meet the model restrictions."
@@ -146,3 +147,17 @@ def open_policy(family: Literal["qwen2.5-omni", "qwen3-omni"]) -> MediaPolicy:
         image_extra_tokens=0, video_total_tokens=_OPEN_VIDEO_TOTAL, min_frames=4,
         max_frames=768, audio_encoder="qwen3",
     )  # fmt: skip
+
+
+def policy_for(model: ModelSpec, accounting: MediaAccounting) -> MediaPolicy:
+    """The policy an engine's accounting names for ``model``."""
+    if accounting.kind == "billing" or accounting.family is None:
+        return billing_policy(model)
+    policy = open_policy(accounting.family)
+    lo, hi = accounting.image_min_pixels, accounting.image_max_pixels
+    if lo and hi:
+        f2 = policy.factor * policy.factor
+        policy = replace(
+            policy, image_min_tokens=max(1, lo // f2), image_max_tokens=max(1, hi // f2)
+        )
+    return policy

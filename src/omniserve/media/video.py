@@ -27,8 +27,8 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from omniserve.catalog import MediaLimits
-from omniserve.engines.inputs import AUDIO_INPUT_RATE, AudioInput, Pixels, VideoInput
 from omniserve.errors import InvalidMedia
+from omniserve.job import AUDIO_INPUT_RATE, AudioInput, Pixels, VideoInput
 from omniserve.media.audio import _decode_stream_to_16k, short_format_name
 from omniserve.media.policy import MediaPolicy
 

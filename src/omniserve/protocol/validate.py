@@ -6,12 +6,12 @@ code and message. Limits come from the catalog only.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from omniserve.catalog import Catalog, ModelSpec, Voice
-from omniserve.engines.base import (
+from omniserve.errors import InvalidMedia, InvalidParameter, MediaNotEnabled, StreamRequired
+from omniserve.job import (
     ChatMessage,
     GenerationJob,
     MediaItem,
@@ -19,11 +19,11 @@ from omniserve.engines.base import (
     PromptTokens,
     Role,
     SamplingParams,
+    new_request_id,
 )
-from omniserve.errors import InvalidMedia, InvalidParameter, MediaNotEnabled, StreamRequired
 from omniserve.media.sources import BARE_BASE64, DATA_URL, INVALID_URL
 from omniserve.protocol.request import ChatRequest, ContentPart, Message
-from omniserve.protocol.tokens import QwenTokenizer
+from omniserve.tokens import QwenTokenizer
 
 PART_TYPES = ("text", "image_url", "input_audio", "video_url", "video")
 _PART_MODALITY: dict[str, Modality] = {
@@ -40,10 +40,6 @@ _SEED_MAX = 2**31 - 1
 class ValidatedRequest:
     job: GenerationJob
     include_usage: bool
-
-
-def new_request_id() -> str:
-    return str(uuid.uuid4())
 
 
 def quote_list(values: tuple[str, ...] | list[str]) -> str:
@@ -92,6 +88,17 @@ class RequestValidator:
         if not any(m.role == "user" for m in messages):
             raise InvalidParameter("At least one user message is required.", param="messages")
         self._media_counts(messages, model)
+        if not model.video_input and any(i.modality == "video" for m in messages for i in m.media):
+            raise InvalidParameter(
+                f"The model {req.model} does not accept video input on this server.",
+                param="messages",
+            )
+        if model.audio_input_required and not _last_user_sends_audio(messages):
+            raise InvalidParameter(
+                f"The model {req.model} captions audio: send one input_audio part in the "
+                "last user message.",
+                param="messages",
+            )
         if not self.media_enabled and any(m.media for m in messages):
             raise MediaNotEnabled(
                 "Media input (image, audio and video) is disabled on this server; "
@@ -110,7 +117,9 @@ class RequestValidator:
         if self.tokenizer.fewest_tokens(characters) > limits.max_input:
             self._check_input_length(PromptTokens(text=limits.max_input + 1), limits.max_input)
         prompt = self._prompt_tokens(messages, model, audio_out)
-        self._check_input_length(prompt, limits.max_input)  # text alone; media come later
+        # Text alone: a request whose text cannot fit is refused before its media are fetched;
+        # with media the whole input is checked once they are counted (``count_media``).
+        self._check_input_length(prompt, limits.max_input)
         job = GenerationJob(
             request_id=request_id or new_request_id(),
             model_name=req.model,
@@ -345,9 +354,13 @@ class RequestValidator:
                 f"at most {model.media.video_per_request} video file is allowed per request."
             )
 
-    def finalize(self, job: GenerationJob) -> GenerationJob:
-        """The job with its decoded media counted, once more within the input limit."""
-        prompt = self._prompt_tokens(job.messages, job.model, job.audio_output)
+    def count_media(self, job: GenerationJob) -> GenerationJob:
+        """The job with its decoded media counted (its text was counted by ``validate``),
+        checked against the input limit with them: the one check of the whole input."""
+        prompt = PromptTokens(text=job.prompt_tokens.text)
+        for message in job.messages:
+            for item in message.media:
+                prompt = prompt + item.prompt_tokens()
         self._check_input_length(prompt, job.model.mode_limits(job.thinking).max_input)
         return replace(job, prompt_tokens=prompt)
 
@@ -369,3 +382,8 @@ class RequestValidator:
             for item in message.media:
                 total = total + item.prompt_tokens()
         return total
+
+
+def _last_user_sends_audio(messages: tuple[ChatMessage, ...]) -> bool:
+    last = next(m for m in reversed(messages) if m.role == "user")
+    return any(item.kind == "input_audio" for item in last.media)

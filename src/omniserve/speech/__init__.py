@@ -3,7 +3,6 @@
 from omniserve.speech.language import detect_language
 from omniserve.speech.pcm import (
     CHUNK_ALIGN,
-    SAMPLE_RATE,
     chunk_bytes_for,
     chunk_pcm,
     duration_seconds,
@@ -32,7 +31,6 @@ from omniserve.speech.voices import (
 __all__ = [
     "CHUNK_ALIGN",
     "ESPEAK_LANGUAGES",
-    "SAMPLE_RATE",
     "EspeakSynthesizer",
     "EspeakVoice",
     "PrioritySemaphore",

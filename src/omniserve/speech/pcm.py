@@ -10,9 +10,10 @@ import struct
 
 import av
 import numpy as np
+import numpy.typing as npt
 
-SAMPLE_RATE = 24_000
-SAMPLE_BYTES = 2
+from omniserve.events import PCM_RATE, PCM_SAMPLE_BYTES
+
 # Chunks are a multiple of 6 bytes: whole 2-byte samples that base64-encode without "=" padding,
 # so a client can concatenate the base64 of every chunk and decode it in one go.
 CHUNK_ALIGN = 6
@@ -21,27 +22,64 @@ _WAV_PCM = 1
 _WAV_EXTENSIBLE = 0xFFFE
 
 
-def resample_pcm16(pcm: bytes, src_rate: int, dst_rate: int = SAMPLE_RATE) -> bytes:
-    """Mono PCM16 at ``src_rate`` as mono PCM16 at ``dst_rate``, with FFmpeg's resampler."""
-    if src_rate <= 0 or dst_rate <= 0:
-        raise ValueError(f"sample rates must be positive, not {src_rate} and {dst_rate}")
-    if len(pcm) % SAMPLE_BYTES:
-        raise ValueError(f"PCM16 needs an even number of bytes, not {len(pcm)}")
-    if not pcm or src_rate == dst_rate:
-        return bytes(pcm)
-    samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
-    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-    frame.sample_rate = src_rate
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=dst_rate)
-    frames = resampler.resample(frame) + resampler.resample(None)
+class PcmResampler:
+    """Mono PCM16 in pieces at any rate, as mono PCM16 at ``dst_rate`` with FFmpeg's resampler,
+    seamless across pieces: the resampler keeps the filter's state from one piece to the next.
+    A piece at another rate starts a new resampler (what the old one held back is dropped: a
+    source that changes rate midway is cut there anyway)."""
+
+    def __init__(self, dst_rate: int = PCM_RATE) -> None:
+        if dst_rate <= 0:
+            raise ValueError(f"sample rates must be positive, not {dst_rate}")
+        self.dst_rate = dst_rate
+        self._resampler: av.AudioResampler | None = None
+        self._source_rate: int | None = None
+
+    def feed(self, samples: npt.NDArray[np.int16], rate: int) -> bytes:
+        """The resampled PCM16 of ``samples`` (what the filter can give so far)."""
+        if rate <= 0:
+            raise ValueError(f"sample rates must be positive, not {rate}")
+        if rate == self.dst_rate and self._resampler is None:
+            return bytes(samples.astype("<i2").tobytes())
+        if self._resampler is None or rate != self._source_rate:
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.dst_rate)
+            self._source_rate = rate
+        if not len(samples):
+            return b""
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        return _pcm(self._resampler.resample(frame))
+
+    def flush(self) -> bytes:
+        """What the filter still holds; the next piece starts afresh."""
+        if self._resampler is None:
+            return b""
+        out = _pcm(self._resampler.resample(None))
+        self._resampler = self._source_rate = None
+        return out
+
+
+def _pcm(frames: list[av.AudioFrame]) -> bytes:
     return b"".join(f.to_ndarray().astype("<i2", copy=False).tobytes() for f in frames)
 
 
-def chunk_bytes_for(ms: int, rate: int = SAMPLE_RATE) -> int:
+def resample_pcm16(pcm: bytes, src_rate: int, dst_rate: int = PCM_RATE) -> bytes:
+    """Mono PCM16 at ``src_rate`` as mono PCM16 at ``dst_rate``, with FFmpeg's resampler."""
+    if src_rate <= 0 or dst_rate <= 0:
+        raise ValueError(f"sample rates must be positive, not {src_rate} and {dst_rate}")
+    if len(pcm) % PCM_SAMPLE_BYTES:
+        raise ValueError(f"PCM16 needs an even number of bytes, not {len(pcm)}")
+    if not pcm or src_rate == dst_rate:
+        return bytes(pcm)
+    resampler = PcmResampler(dst_rate)
+    return resampler.feed(np.frombuffer(pcm, dtype="<i2"), src_rate) + resampler.flush()
+
+
+def chunk_bytes_for(ms: int, rate: int = PCM_RATE) -> int:
     """Bytes of ``ms`` milliseconds of mono PCM16, rounded to a multiple of 6 (at least 6)."""
     if ms <= 0 or rate <= 0:
         raise ValueError(f"duration and rate must be positive, not {ms} ms at {rate} Hz")
-    exact = ms * rate * SAMPLE_BYTES / 1000
+    exact = ms * rate * PCM_SAMPLE_BYTES / 1000
     return max(CHUNK_ALIGN, round(exact / CHUNK_ALIGN) * CHUNK_ALIGN)
 
 
@@ -52,9 +90,9 @@ def chunk_pcm(pcm: bytes, chunk_bytes: int) -> list[bytes]:
     return [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
 
 
-def wav_bytes(pcm: bytes, rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
+def wav_bytes(pcm: bytes, rate: int = PCM_RATE, channels: int = 1) -> bytes:
     """``pcm`` (PCM16, interleaved) with a canonical 44-byte RIFF/WAVE header."""
-    block_align = channels * SAMPLE_BYTES
+    block_align = channels * PCM_SAMPLE_BYTES
     header = struct.pack(
         "<4sI4s4sIHHIIHH4sI",
         b"RIFF",
@@ -67,7 +105,7 @@ def wav_bytes(pcm: bytes, rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
         rate,
         rate * block_align,
         block_align,
-        SAMPLE_BYTES * 8,
+        PCM_SAMPLE_BYTES * 8,
         b"data",
         len(pcm),
     )
@@ -103,12 +141,12 @@ def parse_wav(data: bytes) -> tuple[bytes, int, int]:
             _, channels, rate = fmt
             end = body + size if body + size <= len(data) else len(data)
             pcm = data[body:end]
-            frame = channels * SAMPLE_BYTES
+            frame = channels * PCM_SAMPLE_BYTES
             return pcm[: len(pcm) - len(pcm) % frame], rate, channels
         pos = body + size + (size & 1)
     raise ValueError("WAV has no data chunk")
 
 
-def duration_seconds(pcm: bytes, rate: int = SAMPLE_RATE) -> float:
+def duration_seconds(pcm: bytes, rate: int = PCM_RATE) -> float:
     """Playing time of mono PCM16."""
-    return len(pcm) / (SAMPLE_BYTES * rate)
+    return len(pcm) / (PCM_SAMPLE_BYTES * rate)

@@ -19,9 +19,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from omniserve.catalog import Language, Voice
-from omniserve.engines.base import AudioDelta, EngineEvent, Finished, TextDelta
+from omniserve.events import (
+    PCM_RATE,
+    PCM_SAMPLE_BYTES,
+    AudioDelta,
+    EngineEvent,
+    Finished,
+    TextDelta,
+)
 from omniserve.speech.language import detect_language
-from omniserve.speech.pcm import CHUNK_ALIGN, SAMPLE_BYTES, SAMPLE_RATE, chunk_pcm
+from omniserve.speech.pcm import CHUNK_ALIGN, chunk_pcm
 from omniserve.speech.segmenter import SentenceSegmenter
 from omniserve.speech.synth import Synthesizer
 from omniserve.speech.voices import voice_settings
@@ -137,7 +144,7 @@ class _Speaker:
 
     @property
     def seconds(self) -> float:
-        return self._pcm_bytes / (SAMPLE_BYTES * SAMPLE_RATE)
+        return self._pcm_bytes / (PCM_SAMPLE_BYTES * PCM_RATE)
 
     def say(self, sentence: str) -> None:
         self._sentences.put_nowait(sentence)
@@ -158,7 +165,7 @@ class _Speaker:
                 task, estimate, sentence = self._inflight[0]
                 pcm = await task
                 self._inflight.popleft()
-                seconds = len(pcm) / (SAMPLE_BYTES * SAMPLE_RATE)
+                seconds = len(pcm) / (PCM_SAMPLE_BYTES * PCM_RATE)
                 if self._pcm_bytes == 0 and pcm:
                     self._base = time.monotonic()  # playback starts with this audio
                 self._planned += seconds - estimate

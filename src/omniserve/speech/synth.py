@@ -13,7 +13,9 @@ from typing import Protocol
 import numpy as np
 
 from omniserve.config import SpeechSettings
-from omniserve.speech.pcm import SAMPLE_RATE, parse_wav, resample_pcm16
+from omniserve.errors import StartupError
+from omniserve.events import PCM_RATE
+from omniserve.speech.pcm import parse_wav, resample_pcm16
 from omniserve.speech.priority import PrioritySemaphore
 from omniserve.speech.voices import ESPEAK_LANGUAGES, EspeakVoice
 
@@ -21,7 +23,7 @@ _TONE_MIN_SECONDS = 0.3
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f々〆]")
 
 
-class SpeechError(RuntimeError):
+class SpeechError(StartupError):
     """Speech could not be synthesized (espeak-ng missing, failing or silent)."""
 
 
@@ -66,7 +68,7 @@ class EspeakSynthesizer:
             raise SpeechError(f"espeak-ng wrote {channels} channels, expected mono")
         # Measured at about 1 ms per second of audio: enough to stall other streams if run on
         # the event loop, while a worker thread keeps the loop's lag under 2 ms.
-        return await asyncio.to_thread(resample_pcm16, pcm, rate, SAMPLE_RATE)
+        return await asyncio.to_thread(resample_pcm16, pcm, rate, PCM_RATE)
 
     async def check(self) -> None:
         """Speaks one word and looks for every voice we use, so gaps show at start-up."""
@@ -161,12 +163,12 @@ def tone_pcm(text: str, voice: EspeakVoice) -> bytes:
     f0 = (210.0 if voice.variant.startswith("f") else 120.0) * 2.0 ** ((voice.pitch - 50) / 100)
     parts = []
     for index, seconds in enumerate(durations):
-        n = max(2, round(seconds * stretch * SAMPLE_RATE))
+        n = max(2, round(seconds * stretch * PCM_RATE))
         # A fixed little melody, a rise-fall glide and two harmonics sound more like a voice
         # than a flat sine; the Hann envelope keeps syllable edges click-free.
         semitones = (index * 7) % 5 - 2
         glide = 1 + 0.03 * np.sin(np.pi * np.arange(n) / (n - 1))
-        phase = 2 * np.pi * np.cumsum(f0 * 2.0 ** (semitones / 12) * glide) / SAMPLE_RATE
+        phase = 2 * np.pi * np.cumsum(f0 * 2.0 ** (semitones / 12) * glide) / PCM_RATE
         wave = np.sin(phase) + 0.35 * np.sin(2 * phase) + 0.15 * np.sin(3 * phase)
         parts.append(wave * np.hanning(n))
     scale = 0.25 * voice.amplitude / 100 / 1.5 * 32767

@@ -11,13 +11,13 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from omniserve import __version__
-from omniserve.accounts.admission import Accounts
-from omniserve.api.auth import guard
+from omniserve.accounts.service import Accounts
 from omniserve.errors import NotFound
 
 TYPES = {
@@ -103,9 +103,11 @@ def _serve(request: Request, asset: Asset) -> Response:
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
-def playground_router(accounts: Accounts) -> APIRouter:
-    """The page at ``/`` and ``/playground``, its files, and what it needs to know first."""
-    router = APIRouter(dependencies=[Depends(guard("public"))])
+def playground_router(accounts: Accounts, public: Any) -> APIRouter:
+    """The page at ``/`` and ``/playground``, its files, and what it needs to know first.
+    ``public`` is the API's dependency that declares a route open to everyone (the API
+    passes it in, so the page's package does not import the API's)."""
+    router = APIRouter(dependencies=[public])
 
     async def page(request: Request) -> Response:
         return _serve(request, ASSETS["index.html"])

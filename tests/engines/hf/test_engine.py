@@ -11,9 +11,9 @@ import torch
 from rich.console import Console
 
 from omniserve.catalog import Catalog
-from omniserve.engines.base import GenerationJob, PromptTokens
 from omniserve.engines.hf.engine import _as_api_error
 from omniserve.errors import InternalError, InvalidParameter, ServiceUnavailable
+from omniserve.job import GenerationJob, PromptTokens
 from tiny_omni import QWEN3
 
 FLASH = Catalog.default().get("qwen3-omni-flash")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from omniserve.catalog import Catalog
-from omniserve.engines.base import GenerationJob, PromptTokens, SamplingParams
 from omniserve.engines.hf.checkpoint import CheckpointError
 from omniserve.engines.hf.options import (
     split_generate_kwargs,
@@ -13,6 +12,7 @@ from omniserve.engines.hf.options import (
     thinker_sampling,
 )
 from omniserve.engines.hf.sampling import Sampling
+from omniserve.job import GenerationJob, PromptTokens, SamplingParams
 
 FLASH = Catalog.default().get("qwen3-omni-flash")
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from omniserve.catalog import Catalog
-from omniserve.engines.base import ChatMessage, GenerationJob, MediaItem, PromptTokens
 from omniserve.engines.hf.prompt import (
     QWEN3_DEFAULT_PERSONA,
     QWEN3_SPEECH_RULES,
@@ -19,7 +18,16 @@ from omniserve.engines.hf.prompt import (
     conversation,
     count_prompt,
 )
-from omniserve.engines.inputs import AUDIO_INPUT_RATE, AudioInput, ImageInput, VideoInput
+from omniserve.job import (
+    AUDIO_INPUT_RATE,
+    AudioInput,
+    ChatMessage,
+    GenerationJob,
+    ImageInput,
+    MediaItem,
+    PromptTokens,
+    VideoInput,
+)
 from omniserve.media.policy import open_policy
 from tiny_omni import FAMILIES, QWEN3, QWEN25, TOKENS
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from omniserve.engines.base import EngineEvent, ReasoningDelta, TextDelta
 from omniserve.engines.hf.reply import Detokenizer, ReplyText, ThinkSplitter, partial_suffix
+from omniserve.events import EngineEvent, ReasoningDelta, TextDelta
 from tiny_omni import QWEN3, TOKENS
 
 # -- Detokenizer ---------------------------------------------------------------------------

@@ -20,16 +20,6 @@ from rich.console import Console
 
 from omniserve.catalog import Catalog
 from omniserve.config import ServedCheckpoint, TransformersSettings
-from omniserve.engines.base import (
-    AudioDelta,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    PromptTokens,
-    ReasoningDelta,
-    SamplingParams,
-    TextDelta,
-)
 from omniserve.engines.hf.checkpoint import inspect_checkpoint
 from omniserve.engines.hf.engine import TransformersEngine
 from omniserve.engines.hf.graphs import HostSyncError, no_host_sync
@@ -39,6 +29,8 @@ from omniserve.engines.hf.request import Plan, Request
 from omniserve.engines.hf.sampling import Sampling
 from omniserve.engines.hf.scheduler import Scheduler
 from omniserve.engines.hf.talker3 import Qwen3Talker
+from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
+from omniserve.job import GenerationJob, PromptTokens, SamplingParams
 from tiny_omni import FAMILIES, QWEN3, QWEN25, QWEN25_TALKER_EOS, TOKENS
 
 EOS = frozenset({TOKENS["im_end"]})

@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 
 from omniserve.catalog import Catalog
-from omniserve.config import UpstreamSpec
-from omniserve.engines.base import (
+from omniserve.config import UpstreamSettings, UpstreamSpec
+from omniserve.engines.upstream.engine import UpstreamEngine
+from omniserve.engines.upstream.request import request_body
+from omniserve.job import (
+    AudioInput,
     ChatMessage,
     GenerationJob,
+    ImageInput,
     MediaItem,
     PromptTokens,
     SamplingParams,
+    VideoInput,
 )
-from omniserve.engines.inputs import AudioInput, ImageInput, VideoInput
-from omniserve.engines.upstream.request import request_body
-from omniserve.errors import InvalidParameter
+from omniserve.tokens import get_tokenizer
 
 CATALOG = Catalog.default("qwen3-omni-flash-2025-12-01")
 FLASH = CATALOG.get("qwen3-omni-flash")
@@ -110,8 +113,24 @@ def test_openai_gets_openai_forms_and_no_unknown_fields() -> None:
     assert "top_k" not in body and "repetition_penalty" not in body
     part = body["messages"][0]["content"][0]
     assert part == {"type": "input_audio", "input_audio": {"data": "SUQz", "format": "mp3"}}
-    with pytest.raises(InvalidParameter, match="video"):
-        request_body(_spec("openai"), _job(ChatMessage("user", "", (_video(False),))), "m")
+
+
+def test_a_name_served_by_an_openai_upstream_takes_no_video() -> None:
+    """Its catalog says so, and the validator refuses video before anything is fetched."""
+    routes = {
+        "openai": {"qwen3-omni-flash": "gpt-4o-audio-preview"},
+        "vllm-omni": {"qwen-omni-turbo": "Qwen/Qwen2.5-Omni-7B"},
+    }
+    settings = UpstreamSettings(
+        upstreams=[
+            UpstreamSpec(name=kind, kind=kind, base_urls=["http://x/v1"], models=models)
+            for kind, models in routes.items()
+        ]
+    )
+    engine = UpstreamEngine(settings, Catalog.default(), get_tokenizer(), chunk_bytes=4800)
+    served = engine.catalog()
+    assert not served.get("qwen3-omni-flash").video_input
+    assert served.get("qwen-omni-turbo").video_input
 
 
 def test_a_silent_upstream_is_asked_for_text_only() -> None:
@@ -121,5 +140,5 @@ def test_a_silent_upstream_is_asked_for_text_only() -> None:
 
 def test_media_without_bytes_is_an_error_not_a_fetch() -> None:
     item = dataclasses.replace(_image(), raw=())
-    with pytest.raises(InvalidParameter):
+    with pytest.raises(AssertionError, match="forwards media"):
         request_body(_spec("dashscope"), _job(ChatMessage("user", "", (item,))), "m")

@@ -11,19 +11,12 @@ import pytest
 
 from omniserve.catalog import Catalog
 from omniserve.config import UpstreamSpec
-from omniserve.engines.base import (
-    AudioDelta,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    PromptTokens,
-    ReasoningDelta,
-    TextDelta,
-)
 from omniserve.engines.upstream.errors import UpstreamBroken, UpstreamError
 from omniserve.engines.upstream.stream import AudioNormalizer, StreamTranslator
-from omniserve.protocol.tokens import get_tokenizer
+from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
+from omniserve.job import GenerationJob, PromptTokens
 from omniserve.speech.pcm import wav_bytes
+from omniserve.tokens import get_tokenizer
 
 FLASH = Catalog.default().get("qwen3-omni-flash")
 TOK = get_tokenizer()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from omniserve.catalog import ModeLimits, ModelSpec, Voice
 from omniserve.config import ServedCheckpoint
+from omniserve.errors import StartupError
 
 Family = Literal["qwen2.5-omni", "qwen3-omni"]
 Kind = Literal["instruct", "thinking", "captioner"]
@@ -28,7 +29,7 @@ FAMILY_BASE: dict[Family, str] = {
 }
 
 
-class CheckpointError(Exception):
+class CheckpointError(StartupError):
     """A checkpoint that cannot be served as configured; the message says what to change."""
 
 
@@ -209,6 +210,7 @@ def served_spec(
         thinking_limits=thinking_limits,
         voices=voices,
         audio_output=speaks,
+        audio_input_required=answer is not None and answer.kind == "captioner",
         snapshot=base.snapshot if name == base.name else None,
         description=f"{base.description} Served from {', '.join(i.source for i in infos)}.",
     )

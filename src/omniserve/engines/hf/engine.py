@@ -13,23 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
 from omniserve.catalog import Catalog, ModelSpec
 from omniserve.config import ServedCheckpoint, TransformersSettings
-from omniserve.engines.base import (
-    ChatMessage,
-    EngineEvent,
-    Finished,
-    GenerationJob,
-    PromptTokens,
-    SamplingParams,
-)
+from omniserve.engines.base import Engine
 from omniserve.engines.hf.checkpoint import (
     FAMILY_BASE,
     CheckpointError,
@@ -50,7 +43,6 @@ from omniserve.engines.hf.prompt import ModelInputs, build_inputs
 from omniserve.engines.hf.request import Plan, Request
 from omniserve.engines.hf.scheduler import Scheduler
 from omniserve.engines.hf.warmup import capture_graphs, warm_up
-from omniserve.engines.inputs import AudioInput
 from omniserve.errors import (
     ApiError,
     EngineBusy,
@@ -58,7 +50,14 @@ from omniserve.errors import (
     InvalidParameter,
     ServiceUnavailable,
 )
-from omniserve.media.policy import MediaPolicy, open_policy
+from omniserve.events import EngineEvent, Finished
+from omniserve.job import (
+    ChatMessage,
+    GenerationJob,
+    MediaAccounting,
+    PromptTokens,
+    SamplingParams,
+)
 
 log = logging.getLogger("omniserve.transformers")
 
@@ -91,7 +90,7 @@ def _key(served: ServedCheckpoint) -> str:
     return f"{served.checkpoint}@{served.revision or ''}"
 
 
-class TransformersEngine:
+class TransformersEngine(Engine):
     name = "transformers"
     speaks = True  # when asked for audio, the model itself speaks
 
@@ -121,7 +120,7 @@ class TransformersEngine:
         self._active: dict[str, int] = {}  # requests accepted per checkpoint, not yet ended
         self._executor: ThreadPoolExecutor | None = None
         self._prepare: ThreadPoolExecutor | None = None
-        self._policies: dict[str, MediaPolicy] = {}
+        self._accounting: dict[str, MediaAccounting] = {}
         self.console = Console(stderr=True)
 
     def _speaks(self, info: CheckpointInfo) -> bool:
@@ -243,21 +242,23 @@ class TransformersEngine:
 
     # -- media -----------------------------------------------------------------------------
 
-    def media_policy(self, model: ModelSpec) -> MediaPolicy:
+    def media_accounting(self, model: ModelSpec) -> MediaAccounting:
         """The open processor's counting, with the image limits of the checkpoint's processor."""
         served = self.served[model.name]
         key = served.answer or served.thinker
         assert key is not None
-        policy = self._policies.get(key)
-        if policy is None:
-            policy = open_policy(
-                "qwen2.5-omni" if served.family == "qwen2.5-omni" else "qwen3-omni"
-            )
-            loaded = self.loaded.get(key)
-            if loaded is not None:
-                policy = _with_processor_limits(policy, loaded.processor)
-                self._policies[key] = policy
-        return policy
+        known = self._accounting.get(key)
+        if known is not None:
+            return known
+        family: Literal["qwen2.5-omni", "qwen3-omni"] = (
+            "qwen2.5-omni" if served.family == "qwen2.5-omni" else "qwen3-omni"
+        )
+        accounting = MediaAccounting(kind="open", family=family)
+        loaded = self.loaded.get(key)
+        if loaded is not None:
+            accounting = _with_processor_limits(accounting, loaded.processor)
+            self._accounting[key] = accounting
+        return accounting
 
     # -- generation ------------------------------------------------------------------------
 
@@ -273,19 +274,9 @@ class TransformersEngine:
         loaded = self.loaded.get(key)
         if loaded is None:
             raise ServiceUnavailable("The model is still loading; retry in a moment.")
-        speaker = None
-        if job.voice is not None:
-            speaker = served.voices.get(job.voice.name)
-            if speaker is None or not loaded.speaks:
-                raise InvalidParameter(
-                    f"Voice {job.voice.name} is not available on this server.", param="audio.voice"
-                )
-        if loaded.info.kind == "captioner" and not _last_user_has_audio(job):
-            raise InvalidParameter(
-                f"The model {job.model_name} captions audio: send one input_audio part in the "
-                "last user message.",
-                param="messages",
-            )
+        # The validator admitted only this name's voices, and audio only where it speaks.
+        speaker = served.voices[job.voice.name] if job.voice is not None else None
+        assert speaker is None or loaded.speaks
         limits = job.model.mode_limits(job.thinking)
         thinks = loaded.info.kind == "thinking"
         budget = (
@@ -355,7 +346,7 @@ class TransformersEngine:
         specials = {i for i in range(embedded, vocab) if i not in ends}
         return frozenset({int(talker.codec_bos_token), *specials})
 
-    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
         _, key = self._checkpoint(job)
         scheduler = self.schedulers.get(key)
         if scheduler is None or self._prepare is None:
@@ -423,13 +414,6 @@ class TransformersEngine:
         )
 
 
-def _last_user_has_audio(job: GenerationJob) -> bool:
-    for message in reversed(job.messages):
-        if message.role == "user":
-            return any(isinstance(item.decoded, AudioInput) for item in message.media)
-    return False
-
-
 def _as_api_error(exc: BaseException, job: GenerationJob) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
@@ -447,15 +431,11 @@ def _as_api_error(exc: BaseException, job: GenerationJob) -> ApiError:
     return InternalError("The model failed on this request.")
 
 
-def _with_processor_limits(policy: MediaPolicy, processor: Any) -> MediaPolicy:
-    from dataclasses import replace
-
+def _with_processor_limits(accounting: MediaAccounting, processor: Any) -> MediaAccounting:
+    """The image pixel range the checkpoint's own processor sets, where it sets one."""
     image = getattr(processor, "image_processor", None)
     size = getattr(image, "size", None) or {}
-    f2 = policy.factor * policy.factor
     lo, hi = size.get("shortest_edge"), size.get("longest_edge")
     if not lo or not hi:
-        return policy
-    return replace(
-        policy, image_min_tokens=max(1, int(lo) // f2), image_max_tokens=max(1, int(hi) // f2)
-    )
+        return accounting
+    return replace(accounting, image_min_pixels=int(lo), image_max_pixels=int(hi))

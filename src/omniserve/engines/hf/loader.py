@@ -199,19 +199,7 @@ def load(
         step = progress.add_task(f"{info.source}: locating weights", total=4)
         directory = local_directory(info)
         config = transformers.AutoConfig.from_pretrained(directory)
-        dummy = settings.load_format == "dummy"
-        if dummy:
-            size = dummy_bytes(info.family, config, dtype)
-            _check_free(size * settings.memory_headroom, dtype, device)
-            what = f"random weights ({size / 2**30:.2f} GiB)"
-        else:
-            stored = str(
-                getattr(config, "dtype", None) or getattr(config, "torch_dtype", "bfloat16")
-            )
-            check_memory(
-                directory, stored.replace("torch.", ""), dtype, device, settings.memory_headroom
-            )
-            what = f"{weight_bytes(directory) / 2**30:.2f} GiB of weights"
+        what = _check_room(info, settings, directory, config, dtype, device)
         progress.update(
             step,
             advance=1,
@@ -220,25 +208,8 @@ def load(
         )
         if not speaks:
             config.enable_audio_output = False
-        kwargs: dict[str, Any] = {"config": config, "dtype": getattr(torch, dtype)}
-        if settings.attn_implementation:
-            kwargs["attn_implementation"] = settings.attn_implementation
         device_map = settings.device_map or (device if device != "cpu" else None)
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        cls = _model_class(info.family)
-        try:
-            if dummy:
-                model = random_model(info.family, config, getattr(torch, dtype), device)
-            else:
-                # Qwen2.5's from_pretrained always reads spk_dict.pt; speakers are loaded below.
-                model = super(cls, cls).from_pretrained(directory, **kwargs)
-        except torch.OutOfMemoryError as exc:
-            raise CheckpointError(
-                f"out of memory loading {info.source!r} on {device}: {exc}"
-            ) from exc
-        except (OSError, ValueError, ImportError) as exc:
-            raise CheckpointError(f"cannot load {info.source!r}: {exc}") from exc
+        model = _weights(info, settings, directory, config, dtype, device, device_map)
         if device_map is None and device != "cpu":
             model = model.to(device)
         if speaks:
@@ -261,6 +232,54 @@ def load(
     return LoadedModel(
         info=info, model=model, processor=processor, device=input_device, speaks=speaks
     )
+
+
+def _check_room(
+    info: CheckpointInfo,
+    settings: TransformersSettings,
+    directory: Path,
+    config: Any,
+    dtype: str,
+    device: str,
+) -> str:
+    """Refuses, with what to change, weights that cannot fit on ``device``; says what will
+    load."""
+    if settings.load_format == "dummy":
+        size = dummy_bytes(info.family, config, dtype)
+        _check_free(size * settings.memory_headroom, dtype, device)
+        return f"random weights ({size / 2**30:.2f} GiB)"
+    stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", "bfloat16"))
+    check_memory(directory, stored.replace("torch.", ""), dtype, device, settings.memory_headroom)
+    return f"{weight_bytes(directory) / 2**30:.2f} GiB of weights"
+
+
+def _weights(
+    info: CheckpointInfo,
+    settings: TransformersSettings,
+    directory: Path,
+    config: Any,
+    dtype: str,
+    device: str,
+    device_map: str | None,
+) -> Any:
+    """The model with its weights (random ones with ``load_format = "dummy"``)."""
+    import torch
+
+    kwargs: dict[str, Any] = {"config": config, "dtype": getattr(torch, dtype)}
+    if settings.attn_implementation:
+        kwargs["attn_implementation"] = settings.attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    cls = _model_class(info.family)
+    try:
+        if settings.load_format == "dummy":
+            return random_model(info.family, config, getattr(torch, dtype), device)
+        # Qwen2.5's from_pretrained always reads spk_dict.pt; speakers are loaded below.
+        return super(cls, cls).from_pretrained(directory, **kwargs)
+    except torch.OutOfMemoryError as exc:
+        raise CheckpointError(f"out of memory loading {info.source!r} on {device}: {exc}") from exc
+    except (OSError, ValueError, ImportError) as exc:
+        raise CheckpointError(f"cannot load {info.source!r}: {exc}") from exc
 
 
 def dummy_bytes(family: str, config: Any, dtype: str) -> int:

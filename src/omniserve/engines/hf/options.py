@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from omniserve.engines.base import GenerationJob
 from omniserve.engines.hf.checkpoint import CheckpointError
 from omniserve.engines.hf.sampling import Sampling
+from omniserve.job import GenerationJob
 
 STAGE_KEYS = {
     "max_new_tokens",

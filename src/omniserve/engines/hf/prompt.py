@@ -13,8 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from omniserve.engines.base import ChatMessage, GenerationJob, PromptTokens
-from omniserve.engines.inputs import AudioInput, ImageInput, VideoInput
+from omniserve.job import (
+    AudioInput,
+    ChatMessage,
+    GenerationJob,
+    ImageInput,
+    PromptTokens,
+    VideoInput,
+)
 
 # Qwen2.5-Omni speaks only under this system prompt, verbatim (its model card and processor warn:
 # "System prompt modified, audio output may not work as expected").

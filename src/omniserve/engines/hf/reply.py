@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from omniserve.engines.base import EngineEvent, FinishReason, ReasoningDelta, TextDelta
+from omniserve.events import EngineEvent, FinishReason, ReasoningDelta, TextDelta
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 

@@ -13,16 +13,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from omniserve.engines.base import (
-    CompletionTokens,
-    EngineEvent,
-    Finished,
-    FinishReason,
-    GenerationJob,
-    Usage,
-)
 from omniserve.engines.hf.prompt import ModelInputs
 from omniserve.engines.hf.sampling import Sampling
+from omniserve.events import EngineEvent, Finished, FinishReason
+from omniserve.job import CompletionTokens, GenerationJob, Usage
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from omniserve.engines.base import AudioDelta
 from omniserve.engines.hf.request import Request
+from omniserve.events import AudioDelta
 
 log = logging.getLogger("omniserve.transformers")
 

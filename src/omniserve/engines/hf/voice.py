@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from omniserve.engines.hf.render import CodecRenderer, DitRenderer
-
-SAMPLE_RATE = 24_000
+from omniserve.events import PCM_RATE
 
 
 class ChunkPlan:
@@ -83,7 +82,7 @@ class ChunkPlan:
             return
         if self.started is None:
             self.started = self.clock()
-        self.sent_seconds += samples / SAMPLE_RATE
+        self.sent_seconds += samples / PCM_RATE
         self.index += 1
 
 
@@ -106,7 +105,7 @@ class Qwen3Voice:
         self.renderer = renderer
         self.left_context = left_context
         self.upsample = renderer.upsample
-        self.plan = ChunkPlan(sizes, SAMPLE_RATE / self.upsample, clock=clock)
+        self.plan = ChunkPlan(sizes, PCM_RATE / self.upsample, clock=clock)
         self.frames: list[Any] = []  # [groups] CPU tensors
         self.decoded = 0  # codes covered by the last decode
         self.sent = 0  # samples sent
@@ -165,7 +164,7 @@ class Qwen25Voice:
         self.renderer = renderer
         self.speaker = speaker
         self.look_back, self.look_ahead, self.overlap = look_back, look_ahead, overlap
-        codes_per_second = SAMPLE_RATE / renderer.samples_per_code
+        codes_per_second = PCM_RATE / renderer.samples_per_code
         self.plan = ChunkPlan(sizes, codes_per_second, ahead=look_ahead, clock=clock)
         self.generator = torch.Generator(device=renderer.device)
         if seed is None:

@@ -13,8 +13,8 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from omniserve.engines.base import AudioDelta, Finished
 from omniserve.engines.hf.request import Request
+from omniserve.events import AudioDelta, Finished
 
 if TYPE_CHECKING:
     from omniserve.engines.hf.engine import TransformersEngine

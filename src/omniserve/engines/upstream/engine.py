@@ -13,23 +13,27 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from omniserve.catalog import Catalog
 from omniserve.config import UpstreamSettings, UpstreamSpec
-from omniserve.engines.base import EngineEvent, GenerationJob
+from omniserve.engines.base import Engine
 from omniserve.engines.upstream.errors import UpstreamBroken, UpstreamError, upstream_error
 from omniserve.engines.upstream.pool import ReplicaSet
 from omniserve.engines.upstream.request import request_body
 from omniserve.engines.upstream.stream import StreamTranslator
-from omniserve.protocol.tokens import QwenTokenizer
+from omniserve.errors import StartupError
+from omniserve.events import EngineEvent
+from omniserve.job import GenerationJob
+from omniserve.tokens import QwenTokenizer
 
 log = logging.getLogger("omniserve.upstream")
 
 
-class UpstreamConfigError(Exception):
+class UpstreamConfigError(StartupError):
     """Upstreams configured in a way that cannot work; the message says what to change."""
 
 
@@ -59,10 +63,10 @@ async def _drain(lines: AsyncIterator[str]) -> None:
                 pass
 
 
-class UpstreamEngine:
+class UpstreamEngine(Engine):
     name = "upstream"
     speaks = True
-    wants_media_bytes = True  # media are forwarded as the bytes omniserve fetched
+    forwards_media = True  # media are forwarded as the bytes omniserve fetched
 
     def __init__(
         self,
@@ -97,7 +101,11 @@ class UpstreamEngine:
                 self.sets[spec.name] = ReplicaSet(spec)
             except ValueError as exc:
                 raise UpstreamConfigError(str(exc)) from None
-        self._catalog = catalog.restricted_to(self.routes)
+        # An OpenAI-style upstream takes images and audio, never video.
+        self._catalog = Catalog(
+            replace(m, video_input=False) if self.routes[m.name][0].kind == "openai" else m
+            for m in catalog.restricted_to(self.routes)
+        )
 
     def catalog(self) -> Catalog:
         return self._catalog
@@ -118,7 +126,7 @@ class UpstreamEngine:
         """Streams waiting for a connection to their upstream."""
         return sum(replicas.waiting for replicas in self.sets.values())
 
-    async def generate(self, job: GenerationJob) -> AsyncIterator[EngineEvent]:
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
         spec, _ = self.routes[job.model.name]
         async with self.sets[spec.name].slot(), contextlib.aclosing(self._generate(job)) as events:
             async for event in events:

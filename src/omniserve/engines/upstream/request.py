@@ -10,9 +10,7 @@ import base64
 from typing import Any
 
 from omniserve.config import UpstreamSpec
-from omniserve.engines.base import GenerationJob, MediaItem
-from omniserve.engines.inputs import AudioInput, ImageInput, VideoInput
-from omniserve.errors import InvalidParameter
+from omniserve.job import AudioInput, GenerationJob, ImageInput, MediaItem, VideoInput
 
 # vLLM-Omni validates speakers against the model's own (lower-cased).
 VLLM_SPEAKERS = {"female": "chelsie", "male": "ethan"}
@@ -70,8 +68,7 @@ def voice_for(spec: UpstreamSpec, job: GenerationJob) -> str | None:
 
 def _media_parts(spec: UpstreamSpec, item: MediaItem) -> list[dict[str, Any]]:
     d, raw = item.decoded, item.raw
-    if not raw:
-        raise InvalidParameter("Media bytes are missing for the upstream.")
+    assert raw, "the upstream engine forwards media: their bytes are kept"
     if isinstance(d, ImageInput):
         url = data_url(_IMAGE_MIME.get(d.format, "image/png"), raw[0])
         return [{"type": "image_url", "image_url": {"url": url}}]
@@ -86,18 +83,10 @@ def _media_parts(spec: UpstreamSpec, item: MediaItem) -> list[dict[str, Any]]:
         urls = [data_url("image/jpeg", frame) for frame in raw]
         if spec.kind == "dashscope":
             return [{"type": "video", "video": urls}]
-        if spec.kind == "openai":
-            raise InvalidParameter(
-                "This model's upstream does not accept video input.", param="messages"
-            )
         return [{"type": "image_url", "image_url": {"url": u}} for u in urls]
     if isinstance(d, VideoInput):
-        if spec.kind == "openai":
-            raise InvalidParameter(
-                "This model's upstream does not accept video input.", param="messages"
-            )
         return [{"type": "video_url", "video_url": {"url": data_url(_video_mime(d), raw[0])}}]
-    raise InvalidParameter("Unsupported media for the upstream.")
+    raise TypeError(f"no upstream form for media decoded as {type(d).__name__}")
 
 
 def messages_for(spec: UpstreamSpec, job: GenerationJob) -> list[dict[str, Any]]:

@@ -18,25 +18,22 @@ import json
 import math
 from typing import Any
 
-import av
 import numpy as np
 
 from omniserve.config import UpstreamSpec
-from omniserve.engines.base import (
+from omniserve.engines.upstream.errors import UpstreamBroken, upstream_error
+from omniserve.events import (
+    PCM_RATE,
     AudioDelta,
-    CompletionTokens,
     EngineEvent,
     Finished,
     FinishReason,
-    GenerationJob,
-    PromptTokens,
     ReasoningDelta,
     TextDelta,
-    Usage,
 )
-from omniserve.engines.upstream.errors import UpstreamBroken, upstream_error
-from omniserve.protocol.tokens import QwenTokenizer
-from omniserve.speech.pcm import SAMPLE_RATE, parse_wav
+from omniserve.job import CompletionTokens, GenerationJob, PromptTokens, Usage
+from omniserve.speech.pcm import PcmResampler, parse_wav
+from omniserve.tokens import QwenTokenizer
 
 
 class AudioNormalizer:
@@ -44,8 +41,7 @@ class AudioNormalizer:
 
     def __init__(self, default_rate: int) -> None:
         self.default_rate = default_rate
-        self.resampler: av.AudioResampler | None = None
-        self.source_rate: int | None = None
+        self.resampler = PcmResampler(PCM_RATE)
         self.carry = b""  # an odd trailing byte of headerless PCM
         self.samples_out = 0
 
@@ -64,31 +60,12 @@ class AudioNormalizer:
         if channels > 1:
             frames = samples[: len(samples) - len(samples) % channels].reshape(-1, channels)
             samples = frames.mean(axis=1).astype("<i2")
-        out = self._resample(samples, rate)
+        out = self.resampler.feed(samples, rate)
         self.samples_out += len(out) // 2
         return out
 
-    def _resample(self, samples: np.ndarray, rate: int) -> bytes:
-        if rate == SAMPLE_RATE and self.resampler is None:
-            return samples.astype("<i2").tobytes()
-        if self.resampler is None or rate != self.source_rate:
-            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            self.source_rate = rate
-        if not len(samples):
-            return b""
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        return b"".join(
-            f.to_ndarray().astype("<i2").tobytes() for f in self.resampler.resample(frame)
-        )
-
     def flush(self) -> bytes:
-        if self.resampler is None:
-            return b""
-        out = b"".join(
-            f.to_ndarray().astype("<i2").tobytes() for f in self.resampler.resample(None)
-        )
-        self.resampler = None
+        out = self.resampler.flush()
         self.samples_out += len(out) // 2
         return out
 
@@ -103,7 +80,7 @@ class StreamTranslator:
         self.chunk_bytes = chunk_bytes
         self.tokenizer = tokenizer
         # Model Studio's audio is PCM16 at 24 kHz by definition, whatever the config says.
-        self.audio = AudioNormalizer(SAMPLE_RATE if spec.kind == "dashscope" else spec.audio_rate)
+        self.audio = AudioNormalizer(PCM_RATE if spec.kind == "dashscope" else spec.audio_rate)
         self.pending = b""  # audio not yet sent: chunks leave whole
         self.finish: FinishReason | None = None
         self.usage: dict[str, Any] | None = None
@@ -187,7 +164,7 @@ class StreamTranslator:
         return events
 
     def _usage(self) -> Usage:
-        seconds = self.audio.samples_out / SAMPLE_RATE
+        seconds = self.audio.samples_out / PCM_RATE
         rate = self.job.model.tokens.output_audio_tokens_per_second
         local_audio = math.ceil(seconds * rate) if seconds else 0
         u = self.usage or {}

@@ -16,6 +16,8 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from omniserve.errors import StartupError
+
 # The Qwen pre-tokenizer: contractions, letters with one leading non-letter, single digits,
 # punctuation runs, newlines, whitespace.
 _SPLIT_PATTERN = (
@@ -26,7 +28,7 @@ ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 _SPECIAL_BASE = 151_643
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(StartupError):
     """The BPE ranks file cannot be found or read."""
 
 
