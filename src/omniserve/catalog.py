@@ -387,3 +387,37 @@ class Catalog:
         """The same catalog limited to ``names`` (a deployment that serves only some models)."""
         wanted = list(names)
         return Catalog(self.get(n) for n in wanted)
+
+
+@dataclass(frozen=True)
+class RealtimeModel:
+    """A model of the realtime API: the chat model that answers its turns, and its own
+    defaults where they differ from the chat API's."""
+
+    name: str
+    chat: str  # the chat model each turn runs on (its limits, voices, prices)
+    default_voice: str
+    output_audio_format: str  # what session.created names the 24 kHz PCM16 output
+
+
+REALTIME_MODELS: dict[str, RealtimeModel] = {
+    m.name: m
+    for m in (
+        RealtimeModel(
+            "qwen3-omni-flash-realtime", "qwen3-omni-flash-2025-12-01", "Cherry", "pcm24"
+        ),
+        RealtimeModel(
+            "qwen3-omni-flash-realtime-2025-12-01", "qwen3-omni-flash-2025-12-01", "Cherry", "pcm24"
+        ),
+        RealtimeModel(
+            "qwen3-omni-flash-realtime-2025-09-15", "qwen3-omni-flash-2025-09-15", "Cherry", "pcm24"
+        ),
+        RealtimeModel("qwen-omni-turbo-realtime", "qwen-omni-turbo", "Chelsie", "pcm16"),
+        RealtimeModel(
+            "qwen-omni-turbo-realtime-latest", "qwen-omni-turbo-latest", "Chelsie", "pcm16"
+        ),
+        RealtimeModel(
+            "qwen-omni-turbo-realtime-2025-05-08", "qwen-omni-turbo-latest", "Chelsie", "pcm16"
+        ),
+    )
+}

@@ -38,6 +38,22 @@ class TimeoutSettings(BaseModel):
     client_s: float = Field(default=60.0, gt=0)
 
 
+class RealtimeSettings(BaseModel):
+    """Realtime sessions (``/api-ws/v1/realtime``, docs/realtime.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A session is closed this long after it opened (the vendor's limit: 120 minutes).
+    max_session_s: float = Field(default=7200.0, gt=0)
+    # ... and when its client sends nothing for this long.
+    idle_s: float = Field(default=300.0, gt=0)
+    # Most audio one input buffer holds before a commit (16 kHz PCM16): 5 minutes.
+    max_buffer_s: float = Field(default=300.0, gt=0)
+    # Largest client event, in bytes of JSON: an append of 10 s of audio is about 430 KB, of
+    # an image at most 683 KB.
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+
 class HttpSettings(BaseModel):
     """What the HTTP server tolerates of a connection before any of it reaches the API
     (docs/security.md)."""
@@ -286,6 +302,7 @@ class Settings(BaseSettings):
     playground: bool = True
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)

@@ -89,6 +89,9 @@ class Metrics:
         self.active = Gauge(
             "omniserve_active_streams", "Chat completions streaming now.", registry=registry
         )
+        self.realtime_sessions = Gauge(
+            "omniserve_realtime_sessions", "Realtime sessions open now.", registry=registry
+        )
         self.ttft = Histogram(
             "omniserve_time_to_first_token_seconds",
             "Admission to the first text or reasoning token.",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from helpers import LiveServer, fast_settings, live_server
 from omniserve.api.app import create_app
@@ -23,6 +23,9 @@ def routes() -> list[tuple[str, str, str | None]]:
     app = create_app(fast_settings())
     out = []
     for route in all_routes(app.routes):
+        if isinstance(route, WebSocketRoute):
+            out.append(("WEBSOCKET", route.path, auth_level(route)))
+            continue
         assert isinstance(route, Route), route
         for method in sorted(route.methods or ()):
             if method != "HEAD":
@@ -58,6 +61,14 @@ def keyed() -> Iterator[tuple[LiveServer, str, str]]:
 def call(server: LiveServer, method: str, path: str, secret: str | None) -> httpx.Response:
     url = server.base_url + re.sub(r"\{[^}]+\}", "key_missing", path)
     headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    if method == "WEBSOCKET":  # the upgrade: refused with an HTTP answer, or 101
+        headers |= {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+        return httpx.get(url + "?model=qwen3-omni-flash-realtime", headers=headers, timeout=30)
     return httpx.request(method, url, headers=headers, json={}, timeout=30)
 
 

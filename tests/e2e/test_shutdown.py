@@ -145,3 +145,29 @@ def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
         assert proc.wait(15) in (0, -signal.SIGTERM)
         reader.join(10)
         assert reader.cut or reader.events[-1] != "[DONE]" or "error" in reader.events[-2]
+
+
+def test_realtime_sessions_past_the_drain_timeout_get_an_error_event(tmp_path: Path) -> None:
+    import websocket
+
+    with server(tmp_path, "--drain-timeout", "1") as (proc, base):
+        ws = websocket.create_connection(
+            base.replace("http://", "ws://")
+            + "/api-ws/v1/realtime?model=qwen3-omni-flash-realtime",
+            timeout=15,
+        )
+        assert json.loads(ws.recv())["type"] == "session.created"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        event = json.loads(ws.recv())
+        assert event["type"] == "error"
+        assert event["error"]["code"] == "ServiceUnavailable"
+        assert event["error"]["message"].startswith("The server is shutting down")
+        try:
+            rest = ws.recv()  # the close frame
+        except websocket.WebSocketConnectionClosedException:
+            rest = ""
+        assert rest == ""
+        ws.shutdown()
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+        assert time.monotonic() - signalled < 12

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
 from omniserve.accounts.auth import AuthLevel, Caller
 from omniserve.accounts.service import Accounts
 
-Guard = Callable[[Request], Awaitable[Caller]]
+Guard = Callable[[HTTPConnection], Awaitable[Caller]]
 _GUARDS: dict[AuthLevel, Guard] = {}
 
 
@@ -24,7 +24,7 @@ def guard(level: AuthLevel) -> Guard:
     if level in _GUARDS:
         return _GUARDS[level]
 
-    async def authenticate(request: Request) -> Caller:
+    async def authenticate(request: HTTPConnection) -> Caller:
         accounts: Accounts = request.app.state.accounts
         caller = await accounts.authenticate(request.headers.get("authorization"), level)
         request.state.caller = caller

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from omniserve.errors import ApiError, HttpError, InvalidParameter, MethodNotAllowed, NotFound
 from omniserve.job import new_request_id
@@ -52,6 +53,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
+        if isinstance(request, WebSocket):  # refused on the upgrade: an HTTP answer, no socket
+            await request.send_denial_response(error_response(exc))
         return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -170,6 +170,7 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "host": settings.host,
         "port": settings.port,
         "http": protocol,
+        "ws": "wsproto",
         "limit_concurrency": http.max_connections,
         "timeout_keep_alive": http.keep_alive_s,
         "timeout_graceful_shutdown": 10,

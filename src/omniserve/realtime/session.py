@@ -1,0 +1,537 @@
+"""One realtime session: its configuration, its input buffers, its conversation and the answer
+being spoken.
+
+Each response is one chat completion of the chat service (``ChatService.open``): the
+conversation so far becomes a chat request (the session's instructions as the system message,
+each user turn's audio as a WAV ``input_audio`` part and its images before it, each earlier
+answer as the assistant's text), which is validated, admitted against the key's limits, metered
+and put on the ledger like any request, and its events are sent as the vendor's realtime
+events. Cancelling a response closes its completion: the engine and speech stop, the ledger
+row says so, and what was sent of the answer stays in the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import json
+import logging
+import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from omniserve.accounts.auth import Caller
+from omniserve.catalog import ModelSpec, RealtimeModel
+from omniserve.config import RealtimeSettings
+from omniserve.errors import ApiError
+from omniserve.events import AudioDelta, Finished, TextDelta
+from omniserve.job import Usage, new_request_id
+from omniserve.realtime.protocol import (
+    INPUT_RATE,
+    RealtimeError,
+    SessionConfig,
+    apply_update,
+    initial_config,
+    new_id,
+)
+from omniserve.service import ChatService, Completion
+
+log = logging.getLogger("omniserve.realtime")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+MAX_IMAGE_BYTES = 500 * 1024  # one image append, before base64
+MAX_IMAGES_PER_TURN = 64
+
+
+@dataclass
+class Turn:
+    """One item of the conversation."""
+
+    item_id: str
+    role: str  # user | assistant | system
+    text: str = ""
+    audio: bytes = b""  # user speech, PCM16 16 kHz
+    images: list[bytes] = field(default_factory=list)  # JPEG, shown with the audio
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        service: ChatService,
+        caller: Caller,
+        model: RealtimeModel,
+        settings: RealtimeSettings,
+        send: Send,
+        *,
+        fetching_for: str | None = None,
+    ) -> None:
+        self.service = service
+        self.caller = caller
+        self.model = model
+        self.spec: ModelSpec = service.catalog.get(model.chat)
+        self.settings = settings
+        self._send = send
+        self.fetching_for = fetching_for
+        self.id = new_id("sess")
+        self.conversation_id = new_id("conv")
+        self.config: SessionConfig = initial_config(model)
+        self.audio = bytearray()
+        self.images: list[bytes] = []
+        self.turns: list[Turn] = []
+        self.response: asyncio.Task[None] | None = None
+        self.finished = False
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, type_: str, **fields: Any) -> None:
+        await self._send({"event_id": new_id("event"), "type": type_, **fields})
+
+    async def error(self, error: RealtimeError) -> None:
+        await self._send(error.event())
+
+    # -- the client's events ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.send("session.created", session=self.config.wire(self.id, full=False))
+
+    async def receive(self, text: str) -> None:
+        """One client event; a bad one is answered with an ``error`` event."""
+        try:
+            event = json.loads(text)
+        except ValueError:
+            await self.error(
+                RealtimeError("The event is not valid JSON.", code="invalid_json", param=None)
+            )
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            await self.error(
+                RealtimeError(
+                    "An event is a JSON object with a string 'type'.",
+                    code="invalid_event",
+                    param="type",
+                )
+            )
+            return
+        handler = self._handlers().get(event["type"])
+        if handler is None:
+            await self.error(
+                RealtimeError(
+                    f"Unknown event type {event['type'][:100]!r}.",
+                    code="invalid_event",
+                    param="type",
+                )
+            )
+            return
+        try:
+            await handler(event)
+        except RealtimeError as exc:
+            await self.error(exc)
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[None]]]:
+        return {
+            "session.update": self._update,
+            "input_audio_buffer.append": self._append_audio,
+            "input_image_buffer.append": self._append_image,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._create_item,
+            "response.create": self._create_response,
+            "response.cancel": self._cancel_response,
+            "session.finish": self._finish,
+        }
+
+    async def _update(self, event: dict[str, Any]) -> None:
+        self.config = apply_update(self.config, event.get("session"), self.spec)
+        await self.send("session.updated", session=self.config.wire(self.id, full=True))
+
+    async def _append_audio(self, event: dict[str, Any]) -> None:
+        pcm = _base64(event.get("audio"), "audio")
+        if len(pcm) % 2:
+            raise RealtimeError(
+                "The audio is not whole PCM16 samples (an odd number of bytes).", param="audio"
+            )
+        limit = int(self.settings.max_buffer_s * INPUT_RATE * 2)
+        if len(self.audio) + len(pcm) > limit:
+            raise RealtimeError(
+                f"The input audio buffer holds at most {self.settings.max_buffer_s:g} seconds; "
+                "commit or clear it.",
+                code="input_audio_buffer_full",
+                param="audio",
+            )
+        self.audio += pcm
+
+    async def _append_image(self, event: dict[str, Any]) -> None:
+        if not self.audio:
+            raise RealtimeError(
+                "Append audio before images: an image goes with the audio of its turn.",
+                param="image",
+            )
+        image = _base64(event.get("image"), "image")
+        if len(image) > MAX_IMAGE_BYTES:
+            raise RealtimeError(
+                f"The image is {len(image)} bytes; at most {MAX_IMAGE_BYTES} are allowed.",
+                param="image",
+            )
+        if not image.startswith(b"\xff\xd8"):
+            raise RealtimeError("The image must be a JPEG.", param="image")
+        if len(self.images) >= MAX_IMAGES_PER_TURN:
+            raise RealtimeError(
+                f"At most {MAX_IMAGES_PER_TURN} images go with one turn.", param="image"
+            )
+        self.images.append(image)
+
+    async def _commit(self, event: dict[str, Any]) -> None:
+        if not self.audio:
+            raise RealtimeError(
+                "Error committing input audio buffer: the buffer is empty.",
+                code="input_audio_buffer_commit_empty",
+                param=None,
+            )
+        turn = Turn(new_id("item"), "user", audio=bytes(self.audio), images=self.images)
+        self.audio, self.images = bytearray(), []
+        previous = self.turns[-1].item_id if self.turns else None
+        self.turns.append(turn)
+        await self.send(
+            "input_audio_buffer.committed", previous_item_id=previous, item_id=turn.item_id
+        )
+        await self.send(
+            "conversation.item.created",
+            previous_item_id=previous,
+            item={
+                "id": turn.item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            },
+        )
+
+    async def _clear(self, event: dict[str, Any]) -> None:
+        self.audio, self.images = bytearray(), []
+        await self.send("input_audio_buffer.cleared")
+
+    async def _create_item(self, event: dict[str, Any]) -> None:
+        item = event.get("item")
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            raise RealtimeError(
+                "Only message items can be created: {'type': 'message', 'role': …, 'content': "
+                "[{'type': 'input_text', 'text': …}]}.",
+                param="item",
+            )
+        role = item.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise RealtimeError(f"Invalid item.role: {role!r}.", param="item.role")
+        content = item.get("content")
+        if not isinstance(content, list) or not content:
+            raise RealtimeError("item.content must be a non-empty list.", param="item.content")
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("input_text", "text"):
+                raise RealtimeError(
+                    "Message items carry text parts only ({'type': 'input_text', 'text': …}).",
+                    param="item.content",
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RealtimeError("A text part needs a string 'text'.", param="item.content")
+            texts.append(text)
+        turn = Turn(item.get("id") or new_id("item"), role, text="".join(texts))
+        previous = self.turns[-1].item_id if self.turns else None
+        self.turns.append(turn)
+        await self.send(
+            "conversation.item.created",
+            previous_item_id=previous,
+            item={
+                "id": turn.item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": role,
+                "content": [{"type": "input_text", "text": turn.text}],
+            },
+        )
+
+    async def _create_response(self, event: dict[str, Any]) -> None:
+        if self.response is not None and not self.response.done():
+            raise RealtimeError(
+                "Conversation already has an active response.",
+                code="conversation_already_has_active_response",
+                param=None,
+            )
+        options = event.get("response") or {}
+        if not isinstance(options, dict):
+            raise RealtimeError("Invalid response: it must be an object.", param="response")
+        modalities = self.config.modalities
+        if options.get("modalities") is not None:
+            asked = options["modalities"]
+            if not isinstance(asked, list) or sorted(asked) not in (["text"], ["audio", "text"]):
+                raise RealtimeError(
+                    f"Invalid modalities: {asked!r}. Supported combinations are: ['text'] and "
+                    "['audio', 'text'].",
+                    param="response.modalities",
+                )
+            modalities = ("text", "audio") if len(asked) == 2 else ("text",)
+        instructions = options.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise RealtimeError("Invalid response.instructions.", param="response.instructions")
+        if not any(t.role == "user" for t in self.turns):
+            raise RealtimeError(
+                "There is nothing to answer yet: commit audio or create a user item first.",
+                code="conversation_empty",
+                param=None,
+            )
+        self.response = asyncio.create_task(
+            self._respond(modalities, instructions or self.config.instructions)
+        )
+
+    async def _cancel_response(self, event: dict[str, Any]) -> None:
+        if self.response is None or self.response.done():
+            raise RealtimeError(
+                "Cancellation failed: no active response found.",
+                code="response_cancel_not_active",
+                param=None,
+            )
+        self.response.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.response
+
+    async def _finish(self, event: dict[str, Any]) -> None:
+        await self.close()
+        await self.send("session.finished")
+        self.finished = True
+
+    async def close(self) -> None:
+        """Stops the response in progress (its request is settled)."""
+        if self.response is not None and not self.response.done():
+            self.response.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.response
+
+    # -- a response ------------------------------------------------------------------------
+
+    def _chat_body(
+        self, turns: tuple[Turn, ...], modalities: tuple[str, ...], instructions: str
+    ) -> bytes:
+        """The conversation so far as a chat request for the chat service (its work grows
+        with the conversation: it runs on a worker thread)."""
+        messages: list[dict[str, Any]] = []
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
+        for turn in turns:
+            if turn.role != "user" or not turn.audio:
+                messages.append({"role": turn.role, "content": turn.text})
+                continue
+            if turn.images:
+                urls = [_data_url("image/jpeg", image) for image in turn.images]
+                if len(urls) == 1:
+                    part: dict[str, Any] = {"type": "image_url", "image_url": {"url": urls[0]}}
+                else:
+                    part = {"type": "video", "video": urls}
+                messages.append({"role": "user", "content": [part]})
+            audio = {"data": _data_url("audio/wav", _wav(turn.audio)), "format": "wav"}
+            messages.append(
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]}
+            )
+        body: dict[str, Any] = {
+            "model": self.model.chat,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "modalities": list(modalities),
+        }
+        if "audio" in modalities:
+            body["audio"] = {"voice": self.config.voice, "format": "wav"}
+        c = self.config
+        for key, value in (
+            ("temperature", c.temperature),
+            ("top_p", c.top_p),
+            ("top_k", c.top_k),
+            ("max_tokens", c.max_tokens),
+            ("repetition_penalty", c.repetition_penalty),
+            ("presence_penalty", c.presence_penalty),
+            ("seed", c.seed if c.seed >= 0 else None),
+        ):
+            if value is not None:
+                body[key] = value
+        return json.dumps(body).encode()
+
+    async def _respond(self, modalities: tuple[str, ...], instructions: str) -> None:
+        audio_out = "audio" in modalities
+        response_id, item_id = new_id("resp"), new_id("item")
+        base = {
+            "id": response_id,
+            "object": "realtime.response",
+            "conversation_id": self.conversation_id,
+            "modalities": list(modalities),
+            "voice": self.config.voice,
+            "output_audio_format": self.config.output_audio_format,
+        }
+        await self.send(
+            "response.created", response={**base, "status": "in_progress", "output": []}
+        )
+        kind = "audio" if audio_out else "text"
+        ids = {"response_id": response_id, "item_id": item_id, "output_index": 0}
+        text: list[str] = []
+        usage: Usage | None = None
+        status = "failed"
+        started = False
+        completion: Completion | None = None
+        try:
+            body = await asyncio.to_thread(
+                self._chat_body, tuple(self.turns), modalities, instructions
+            )
+            completion = await self.service.open(
+                self.caller,
+                body,
+                new_request_id(),
+                fetching_for=self.fetching_for,
+            )
+            item = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
+            await self.send(
+                "response.output_item.added", response_id=response_id, output_index=0, item=item
+            )
+            await self.send(
+                "conversation.item.created", previous_item_id=self.turns[-1].item_id, item=item
+            )
+            await self.send(
+                "response.content_part.added",
+                **ids,
+                content_index=0,
+                part={"type": kind, "text": ""},
+            )
+            started = True
+            async for event in completion.events():
+                if isinstance(event, TextDelta) and event.text:
+                    text.append(event.text)
+                    name = "response.audio_transcript.delta" if audio_out else "response.text.delta"
+                    await self.send(name, **ids, content_index=0, delta=event.text)
+                elif isinstance(event, AudioDelta) and event.pcm:
+                    await self.send(
+                        "response.audio.delta",
+                        **ids,
+                        content_index=0,
+                        delta=base64.b64encode(event.pcm).decode("ascii"),
+                    )
+                elif isinstance(event, Finished):
+                    usage = event.usage
+            status = "completed"
+        except asyncio.CancelledError:
+            status = "cancelled"
+        except ApiError as exc:
+            await self._send(
+                RealtimeError(exc.message, code=exc.code, param=exc.param, type=exc.type).event()
+            )
+        except Exception:
+            log.exception("realtime response %s failed", response_id)
+            await self._send(
+                RealtimeError(
+                    "An internal error has occured, try again later or contact service support.",
+                    code="InternalError",
+                    type="internal_error",
+                ).event()
+            )
+        finally:
+            if completion is not None:
+                await completion.aclose()
+        answer = "".join(text)
+        # What was sent stays in the conversation as the assistant's turn, cut where it stopped.
+        self.turns.append(Turn(item_id, "assistant", text=answer))
+        await self._close_response(base, ids, kind, answer, status, usage, started)
+
+    async def _close_response(
+        self,
+        base: dict[str, Any],
+        ids: dict[str, Any],
+        kind: str,
+        answer: str,
+        status: str,
+        usage: Usage | None,
+        started: bool,
+    ) -> None:
+        content = {"type": kind, ("transcript" if kind == "audio" else "text"): answer}
+        output: list[dict[str, Any]] = []
+        if started:
+            if kind == "audio":
+                await self.send(
+                    "response.audio_transcript.done", **ids, content_index=0, transcript=answer
+                )
+                await self.send("response.audio.done", **ids, content_index=0)
+            else:
+                await self.send("response.text.done", **ids, content_index=0, text=answer)
+            await self.send(
+                "response.content_part.done",
+                **ids,
+                content_index=0,
+                part={"type": kind, "text": answer},
+            )
+            item = {
+                "id": ids["item_id"],
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed" if status == "completed" else "incomplete",
+                "role": "assistant",
+                "content": [content],
+            }
+            output.append(item)
+            await self.send(
+                "response.output_item.done",
+                response_id=ids["response_id"],
+                output_index=0,
+                item=item,
+            )
+        await self.send(
+            "response.done",
+            response={**base, "status": status, "output": output, "usage": _usage(usage)},
+        )
+
+
+def _usage(usage: Usage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    p, c = usage.prompt, usage.completion
+    return {
+        "total_tokens": usage.total,
+        "input_tokens": p.total,
+        "output_tokens": c.total,
+        "input_tokens_details": {
+            "text_tokens": p.text,
+            "audio_tokens": p.audio,
+            "image_tokens": p.image + p.video,
+        },
+        "output_tokens_details": {"text_tokens": c.text + c.reasoning, "audio_tokens": c.audio},
+    }
+
+
+def _base64(value: Any, param: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise RealtimeError(f"'{param}' must be a non-empty base64 string.", param=param)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RealtimeError(f"'{param}' is not valid base64.", param=param) from None
+
+
+def _data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _wav(pcm: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(INPUT_RATE)
+        w.writeframes(pcm)
+    return out.getvalue()

@@ -1,0 +1,404 @@
+"""The realtime API on a real server: the vendor's own SDK, raw WebSocket clients, bad input.
+
+Speech comes from espeak-ng recordings the tests make (16 kHz PCM16); the engine is the
+emulator with zero pacing. Server VAD is not exercised here: manual mode (``turn_detection:
+null``) and text turns.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import json
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import websocket
+from dashscope.audio.qwen_omni import MultiModality, OmniRealtimeCallback, OmniRealtimeConversation
+
+from helpers import LiveServer, fast_settings, live_server
+from omniserve.speech.pcm import parse_wav, resample_pcm16
+
+MODEL = "qwen3-omni-flash-realtime"
+
+
+def speech(text: str) -> bytes:
+    """``text`` spoken by espeak-ng, as 16 kHz PCM16."""
+    wav = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True).stdout
+    pcm, rate, _ = parse_wav(wav)
+    return resample_pcm16(pcm, rate, 16_000)
+
+
+QUESTION = speech("What is the capital of France?")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with live_server(fast_settings()) as s:
+        yield s
+
+
+def url(server: LiveServer, model: str = MODEL) -> str:
+    return server.base_url.replace("http://", "ws://") + f"/api-ws/v1/realtime?model={model}"
+
+
+class Client:
+    """A raw WebSocket client that reads the server's events in order."""
+
+    def __init__(self, server: LiveServer, **kw: Any) -> None:
+        self.ws = websocket.create_connection(url(server), timeout=30, **kw)
+        self.created = self.next()
+        assert self.created["type"] == "session.created"
+
+    def send(self, type_: str, **fields: Any) -> None:
+        self.ws.send(json.dumps({"type": type_, **fields}))
+
+    def next(self) -> dict[str, Any]:
+        event: dict[str, Any] = json.loads(self.ws.recv())
+        return event
+
+    def until(self, type_: str) -> list[dict[str, Any]]:
+        events = []
+        while True:
+            events.append(self.next())
+            if events[-1]["type"] == type_:
+                return events
+
+    def manual(self, **session: Any) -> dict[str, Any]:
+        self.send("session.update", session={"turn_detection": None, **session})
+        return self.next()
+
+    def say(self, pcm: bytes, chunk: int = 3200) -> None:
+        for i in range(0, len(pcm), chunk):
+            self.send(
+                "input_audio_buffer.append", audio=base64.b64encode(pcm[i : i + chunk]).decode()
+            )
+
+    def close(self) -> None:
+        try:
+            self.ws.close(timeout=1)
+        finally:
+            self.ws.shutdown()  # the socket too, when the server closed first
+
+
+# -- the vendor's SDK ------------------------------------------------------------------------
+
+
+class Recorder(OmniRealtimeCallback):
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.done = threading.Event()
+
+    def on_event(self, message: Any) -> None:
+        self.events.append(message)
+        if message.get("type") == "response.done":
+            self.done.set()
+
+
+def test_the_vendor_sdk_manual_flow(server: LiveServer) -> None:
+    recorder = Recorder()
+    conversation = OmniRealtimeConversation(
+        model=MODEL, callback=recorder, url=url(server).split("?")[0], api_key="unused"
+    )
+    conversation.connect()
+    conversation.update_session(
+        output_modalities=[MultiModality.AUDIO, MultiModality.TEXT],
+        voice="Cherry",
+        enable_turn_detection=False,
+        enable_input_audio_transcription=False,
+    )
+    for i in range(0, len(QUESTION), 3200):
+        conversation.append_audio(base64.b64encode(QUESTION[i : i + 3200]).decode())
+    conversation.commit()
+    conversation.create_response()
+    assert recorder.done.wait(60), [e["type"] for e in recorder.events]
+    conversation.end_session()
+    conversation.close()
+    conversation.thread.join(5)
+    with warnings.catch_warnings():
+        # The SDK leaves its socket to the garbage collector once the server has closed it.
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    types = [e["type"] for e in recorder.events]
+    assert types[:2] == ["session.created", "session.updated"]
+    assert recorder.events[1]["session"]["turn_detection"] is None
+    turn = [t for t in types[2:] if not t.endswith(".delta")]
+    assert turn == [
+        "input_audio_buffer.committed",
+        "conversation.item.created",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.created",
+        "response.content_part.added",
+        "response.audio_transcript.done",
+        "response.audio.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.done",
+        "session.finished",
+    ]
+    deltas = [e["delta"] for e in recorder.events if e["type"] == "response.audio_transcript.delta"]
+    done = next(e for e in recorder.events if e["type"] == "response.audio_transcript.done")
+    assert "".join(deltas) == done["transcript"] and done["transcript"]
+    pcm = b"".join(
+        base64.b64decode(e["delta"]) for e in recorder.events if e["type"] == "response.audio.delta"
+    )
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    assert len(samples) / 24_000 > 1.0  # seconds of 24 kHz speech
+    assert np.sqrt(np.mean(samples**2)) > 300  # not silence
+    final = recorder.events[-2]["response"]
+    assert final["status"] == "completed"
+    usage = final["usage"]
+    assert usage["input_tokens_details"]["audio_tokens"] > 0
+    assert usage["output_tokens_details"]["audio_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert conversation.get_last_first_audio_delay() is not None
+
+
+# -- raw clients -----------------------------------------------------------------------------
+
+
+def test_ids_and_the_session_as_created(server: LiveServer) -> None:
+    client = Client(server)
+    created = client.created
+    assert created["event_id"].startswith("event_") and len(created["event_id"]) == 27
+    session = created["session"]
+    assert session["id"].startswith("sess_") and len(session["id"]) == 26
+    assert session["model"] == MODEL and session["voice"] == "Cherry"
+    assert session["modalities"] == ["text", "audio"]
+    assert session["turn_detection"]["type"] == "server_vad"
+    assert session["turn_detection"]["silence_duration_ms"] == 800
+    client.close()
+    turbo = websocket.create_connection(url(server, "qwen-omni-turbo-realtime"), timeout=30)
+    first = json.loads(turbo.recv())["session"]
+    assert first["voice"] == "Chelsie" and first["output_audio_format"] == "pcm16"
+    turbo.close()
+
+
+def test_a_text_turn_in_a_text_only_session_and_its_ledger_row(server: LiveServer) -> None:
+    client = Client(server)
+    updated = client.manual(modalities=["text"], instructions="Answer briefly.")
+    assert updated["session"]["modalities"] == ["text"]
+    assert updated["session"]["instructions"] == "Answer briefly."
+    client.send(
+        "conversation.item.create",
+        item={
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Hi!"}],
+        },
+    )
+    item = client.next()
+    assert item["type"] == "conversation.item.created" and item["item"]["role"] == "user"
+    client.send("response.create")
+    events = client.until("response.done")
+    types = [e["type"] for e in events]
+    assert "response.audio.delta" not in types and "response.text.delta" in types
+    text = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
+    assert next(e for e in events if e["type"] == "response.text.done")["text"] == text
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    assert done["output"][0]["content"] == [{"type": "text", "text": text}]
+    assert done["usage"]["output_tokens_details"]["audio_tokens"] == 0
+    # The answer is in the conversation: a second turn sees a longer prompt.
+    client.send(
+        "conversation.item.create",
+        item={
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Hi!"}],
+        },
+    )
+    client.next()
+    client.send("response.create")
+    second = client.until("response.done")[-1]["response"]
+    assert second["usage"]["input_tokens"] > done["usage"]["input_tokens"]
+    client.close()
+    assert server.accounts.writer is not None and server.accounts.writer.flush()
+
+
+def test_cancelling_an_answer_keeps_what_was_sent(server: LiveServer) -> None:
+    with live_server(fast_settings(emulator={"tokens_per_second": 20})) as slow:
+        client = Client(slow)
+        client.manual(modalities=["text"])
+        client.send(
+            "conversation.item.create",
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a story."}],
+            },
+        )
+        client.next()
+        client.send("response.create")
+        events = client.until("response.text.delta")
+        client.send("response.create")  # one response at a time
+        events += client.until("error")
+        assert events[-1]["error"]["code"] == "conversation_already_has_active_response"
+        client.send("response.cancel")
+        events += client.until("response.done")
+        done = events[-1]["response"]
+        assert done["status"] == "cancelled"
+        sent = "".join(e["delta"] for e in events if e["type"] == "response.text.delta")
+        assert done["output"][0]["content"][0]["text"] == sent
+        assert done["output"][0]["status"] == "incomplete"
+        client.send("response.cancel")
+        assert client.next()["error"]["code"] == "response_cancel_not_active"
+        client.close()
+
+
+# -- session.update ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("session", "param", "message"),
+    [
+        (
+            {"modalities": ["audio"]},
+            "session.modalities",
+            "Invalid modalities: ['audio']. Supported combinations are: ['text'] and "
+            "['audio', 'text'].",
+        ),
+        ({"voice": "Nobody"}, "session.voice", None),
+        ({"turn_detection": {"threshold": 1.5}}, "session.turn_detection.threshold", None),
+        (
+            {"turn_detection": {"silence_duration_ms": 100}},
+            "session.turn_detection.silence_duration_ms",
+            None,
+        ),
+        ({"input_audio_format": "mp3"}, "session.input_audio_format", None),
+        (
+            {"audio": {"input": {"format": {"type": "pcm", "sample_rate": 8000}}}},
+            "session.audio.input.format.sample_rate",
+            None,
+        ),
+        (
+            {"audio": {"output": {"format": {"type": "pcm", "sample_rate": 48000}}}},
+            "session.audio.output.format.sample_rate",
+            None,
+        ),
+        ({"temperature": 2.0}, "session.temperature", None),
+    ],
+)
+def test_bad_session_fields_are_refused_by_name(
+    server: LiveServer, session: dict[str, Any], param: str, message: str | None
+) -> None:
+    client = Client(server)
+    client.send("session.update", session=session)
+    error = client.next()
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert error["error"]["code"] == "invalid_value"
+    assert error["error"]["param"] == param
+    if message is not None:
+        assert error["error"]["message"] == message
+    # The session is unchanged and goes on.
+    client.send("session.update", session={"voice": "Ethan"})
+    assert client.next()["session"]["voice"] == "Ethan"
+    client.close()
+
+
+def test_both_format_layouts_are_accepted(server: LiveServer) -> None:
+    client = Client(server)
+    flat = client.manual(input_audio_format="pcm16", output_audio_format="pcm24")
+    assert flat["session"]["input_audio_format"] == "pcm16"
+    nested = client.manual(
+        audio={
+            "input": {"format": {"type": "pcm", "sample_rate": 16000}},
+            "output": {"format": {"type": "pcm", "sample_rate": 24000}},
+        }
+    )
+    assert nested["session"]["input_audio_format"] == "pcm"
+    assert nested["session"]["output_audio_format"] == "pcm"
+    client.close()
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_bad_events_get_error_events_and_the_session_goes_on(server: LiveServer) -> None:
+    client = Client(server)
+    client.manual()
+    client.ws.send_binary(b"\x00\x01")
+    assert client.next()["error"]["code"] == "invalid_event"
+    client.ws.send("{not json")
+    assert client.next()["error"]["code"] == "invalid_json"
+    client.send("input_audio_buffer.teleport")
+    assert client.next()["error"]["message"].startswith("Unknown event type")
+    client.send("input_audio_buffer.append", audio="***")
+    assert client.next()["error"]["param"] == "audio"
+    client.send("input_audio_buffer.append", audio=base64.b64encode(b"abc").decode())
+    assert "odd number" in client.next()["error"]["message"]
+    client.send("input_image_buffer.append", image=base64.b64encode(b"\xff\xd8\xff").decode())
+    assert "before images" in client.next()["error"]["message"]
+    client.send("input_audio_buffer.commit")
+    assert client.next()["error"]["code"] == "input_audio_buffer_commit_empty"
+    client.send("response.create")
+    assert client.next()["error"]["code"] == "conversation_empty"
+    client.ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (2 << 20)}))
+    assert client.next()["error"]["code"] == "event_too_large"
+    # After all that, a turn still works.
+    client.say(QUESTION[:32000])
+    client.send("input_audio_buffer.clear")
+    assert client.next()["type"] == "input_audio_buffer.cleared"
+    client.send("input_audio_buffer.commit")
+    assert client.next()["error"]["code"] == "input_audio_buffer_commit_empty"
+    client.say(QUESTION)
+    client.send("input_audio_buffer.commit")
+    assert client.next()["type"] == "input_audio_buffer.committed"
+    client.next()
+    client.send("response.create")
+    assert client.until("response.done")[-1]["response"]["status"] == "completed"
+    client.close()
+
+
+# -- access and lifetime ----------------------------------------------------------------------
+
+
+def test_a_key_is_checked_on_the_upgrade() -> None:
+    with live_server(fast_settings()) as keyed:
+        assert keyed.accounts.store is not None
+        _, secret = keyed.accounts.store.create("user")
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(url(keyed), timeout=10)
+        assert info.value.status_code == 401
+        assert json.loads(info.value.resp_body)["error"]["code"] == "invalid_api_key"
+        with pytest.raises(websocket.WebSocketBadStatusException) as unknown:
+            websocket.create_connection(
+                url(keyed, "qwen9-omni-realtime"),
+                header=[f"Authorization: Bearer {secret}"],
+                timeout=10,
+            )
+        assert unknown.value.status_code == 404
+        ws = websocket.create_connection(
+            url(keyed), header=[f"Authorization: Bearer {secret}"], timeout=10
+        )
+        assert json.loads(ws.recv())["type"] == "session.created"
+        ws.close()
+
+
+def test_a_page_of_another_site_is_refused_by_a_keyless_server(server: LiveServer) -> None:
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(url(server), origin="https://evil.example", timeout=10)
+    assert info.value.status_code == 403
+
+
+def test_an_idle_session_is_closed_with_an_error_event() -> None:
+    with live_server(fast_settings(realtime={"idle_s": 0.5})) as quick:
+        client = Client(quick)
+        began = time.monotonic()
+        error = client.next()
+        assert error["type"] == "error" and error["error"]["code"] == "session_idle"
+        try:
+            rest = client.ws.recv()  # the close frame
+        except websocket.WebSocketConnectionClosedException:
+            rest = ""
+        assert rest == ""
+        assert time.monotonic() - began < 5
+        client.close()
