@@ -92,6 +92,18 @@ class Metrics:
         self.realtime_sessions = Gauge(
             "omniserve_realtime_sessions", "Realtime sessions open now.", registry=registry
         )
+        self.turn_latency = Histogram(
+            "omniserve_realtime_turn_latency_seconds",
+            "Realtime turns: the end of the user's speech (detected by the server) to the "
+            "answer's first audio (its first text in a text-only session).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.vad_seconds = Counter(
+            "omniserve_realtime_vad_seconds",
+            "Time spent detecting speech in realtime sessions' audio (worker threads).",
+            registry=registry,
+        )
         self.ttft = Histogram(
             "omniserve_time_to_first_token_seconds",
             "Admission to the first text or reasoning token.",

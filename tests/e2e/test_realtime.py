@@ -1,8 +1,7 @@
 """The realtime API on a real server: the vendor's own SDK, raw WebSocket clients, bad input.
 
-Speech comes from espeak-ng recordings the tests make (16 kHz PCM16); the engine is the
-emulator with zero pacing. Server VAD is not exercised here: manual mode (``turn_detection:
-null``) and text turns.
+Speech comes from espeak-ng recordings the tests make (16 kHz PCM16), with silence around it
+for the server's turn detection; the engine is the emulator.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pytest
 import websocket
 from dashscope.audio.qwen_omni import MultiModality, OmniRealtimeCallback, OmniRealtimeConversation
 
-from helpers import LiveServer, fast_settings, live_server
+from helpers import LiveServer, fast_settings, live_server, scrape, value
 from omniserve.speech.pcm import parse_wav, resample_pcm16
 
 MODEL = "qwen3-omni-flash-realtime"
@@ -36,6 +35,11 @@ def speech(text: str) -> bytes:
 
 
 QUESTION = speech("What is the capital of France?")
+QUESTION_MS = len(QUESTION) // 32
+
+
+def silence(ms: int) -> bytes:
+    return bytes(ms * 32)
 
 
 @pytest.fixture(scope="module")
@@ -402,3 +406,83 @@ def test_an_idle_session_is_closed_with_an_error_event() -> None:
         assert rest == ""
         assert time.monotonic() - began < 5
         client.close()
+
+
+# -- server turn detection -------------------------------------------------------------------
+
+
+def test_the_server_hears_a_turn_and_answers_it(server: LiveServer) -> None:
+    client = Client(server)  # the default session: server VAD
+    client.say(silence(500) + QUESTION + silence(1200))
+    events = client.until("response.done")
+    types = [e["type"] for e in events if not e["type"].endswith(".delta")]
+    assert types[:9] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.created",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.created",
+        "response.content_part.added",
+        "response.audio_transcript.done",
+    ]
+    started, stopped, committed = events[0], events[1], events[2]
+    assert started["item_id"] == stopped["item_id"] == committed["item_id"]
+    assert 450 <= started["audio_start_ms"] <= 650
+    assert abs(stopped["audio_end_ms"] - (500 + QUESTION_MS)) <= 250
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    # The turn's audio: the speech with 300 ms before it, billed at 12.5 tokens a second.
+    seconds = (stopped["audio_end_ms"] - started["audio_start_ms"] + 300) / 1000
+    audio_tokens = done["usage"]["input_tokens_details"]["audio_tokens"]
+    assert abs(audio_tokens - seconds * 12.5) <= 3
+    client.close()
+    samples = scrape(server)
+    assert value(samples, "omniserve_realtime_turn_latency_seconds_count") >= 1
+    assert value(samples, "omniserve_realtime_vad_seconds_total") > 0
+
+
+def test_speaking_over_the_answer_stops_it() -> None:
+    with live_server(fast_settings(emulator={"tokens_per_second": 10})) as slow:
+        client = Client(slow)
+        client.say(silence(300) + QUESTION + silence(1000))
+        events = client.until("response.audio_transcript.delta")
+        client.say(QUESTION[: 16_000 * 2])  # the user talks again: one second of speech
+        events += client.until("response.done")
+        cut = [e["type"] for e in events].index("input_audio_buffer.speech_started", 1)
+        assert events[-1]["response"]["status"] == "cancelled"
+        assert cut < len(events) - 1  # the answer stopped after the user started again
+        sent = "".join(e["delta"] for e in events if e["type"] == "response.audio_transcript.delta")
+        assert events[-1]["response"]["output"][0]["content"][0]["transcript"] == sent
+        client.say(silence(1000))  # the user stops: the new turn is answered
+        later = client.until("response.done")
+        assert "input_audio_buffer.speech_stopped" in [e["type"] for e in later]
+        client.close()
+
+
+def test_the_vendor_sdk_voice_flow(server: LiveServer) -> None:
+    recorder = Recorder()
+    conversation = OmniRealtimeConversation(
+        model=MODEL, callback=recorder, url=url(server).split("?")[0], api_key="unused"
+    )
+    conversation.connect()
+    conversation.update_session(
+        output_modalities=[MultiModality.AUDIO, MultiModality.TEXT],
+        voice="Ethan",
+        enable_input_audio_transcription=False,
+    )  # server VAD with the SDK's defaults (threshold 0.2, 800 ms of silence)
+    audio = silence(300) + QUESTION + silence(1000)
+    for i in range(0, len(audio), 3200):
+        conversation.append_audio(base64.b64encode(audio[i : i + 3200]).decode())
+    assert recorder.done.wait(60), [e["type"] for e in recorder.events]
+    conversation.end_session()
+    conversation.close()
+    conversation.thread.join(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    types = [e["type"] for e in recorder.events]
+    assert types[2:4] == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"]
+    assert recorder.events[1]["session"]["turn_detection"]["threshold"] == 0.2
+    assert recorder.events[-2]["response"]["status"] == "completed"

@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from omniserve.realtime.protocol import (
     initial_config,
     new_id,
 )
+from omniserve.realtime.vad import SpeechStarted, SpeechStopped, TurnDetector
 from omniserve.service import ChatService, Completion
 
 log = logging.getLogger("omniserve.realtime")
@@ -80,7 +82,12 @@ class RealtimeSession:
         self.conversation_id = new_id("conv")
         self.config: SessionConfig = initial_config(model)
         self.audio = bytearray()
+        self.audio_start = 0  # the audio clock (samples appended so far) at self.audio[0]
+        self.clock = 0
         self.images: list[bytes] = []
+        self.detector: TurnDetector | None = None
+        self.heard_at: float | None = None  # when the server heard the last turn end
+        self.speech_item: str | None = None  # the user item a detected turn will become
         self.turns: list[Turn] = []
         self.response: asyncio.Task[None] | None = None
         self.finished = False
@@ -96,7 +103,18 @@ class RealtimeSession:
     # -- the client's events ---------------------------------------------------------------
 
     async def open(self) -> None:
+        self._detect()
         await self.send("session.created", session=self.config.wire(self.id, full=False))
+
+    def _detect(self) -> None:
+        """The turn detector the session's settings ask for (a new one after a change)."""
+        t = self.config.turn_detection
+        self.detector = (
+            None
+            if t is None
+            else TurnDetector(t.threshold, t.prefix_padding_ms, t.silence_duration_ms)
+        )
+        self.speech_item = None
 
     async def receive(self, text: str) -> None:
         """One client event; a bad one is answered with an ``error`` event."""
@@ -145,7 +163,10 @@ class RealtimeSession:
         }
 
     async def _update(self, event: dict[str, Any]) -> None:
+        before = self.config.turn_detection
         self.config = apply_update(self.config, event.get("session"), self.spec)
+        if self.config.turn_detection != before:
+            self._detect()
         await self.send("session.updated", session=self.config.wire(self.id, full=True))
 
     async def _append_audio(self, event: dict[str, Any]) -> None:
@@ -163,9 +184,63 @@ class RealtimeSession:
                 param="audio",
             )
         self.audio += pcm
+        self.clock += len(pcm) // 2
+        if self.detector is not None:
+            began = time.perf_counter()
+            turn_events = await asyncio.to_thread(self.detector.feed, pcm)
+            if self.service.metrics is not None:
+                self.service.metrics.vad_seconds.inc(time.perf_counter() - began)
+            for turn_event in turn_events:
+                if isinstance(turn_event, SpeechStarted):
+                    await self._speech_started(turn_event)
+                else:
+                    await self._speech_stopped(turn_event)
+            if not self.detector.speaking:
+                # Silence: keep only what may become the next turn's prefix padding.
+                t = self.config.turn_detection
+                keep = (t.prefix_padding_ms if t else 0) * INPUT_RATE // 1000
+                self._drop_before(self.clock - keep)
+
+    def _drop_before(self, sample: int) -> None:
+        """Drops the buffered audio before the audio clock's ``sample``."""
+        cut = max(0, min(sample, self.clock) - self.audio_start)
+        if cut:
+            del self.audio[: cut * 2]
+            self.audio_start += cut
+
+    async def _speech_started(self, event: SpeechStarted) -> None:
+        self._drop_before(event.sample)
+        self.speech_item = new_id("item")
+        await self.send(
+            "input_audio_buffer.speech_started",
+            audio_start_ms=event.audio_start_ms,
+            item_id=self.speech_item,
+        )
+        t = self.config.turn_detection
+        if t is not None and t.interrupt_response and self._responding():
+            # Barge-in: the user talks over the answer, which stops at once.
+            await self._stop_response()
+
+    async def _speech_stopped(self, event: SpeechStopped) -> None:
+        item_id = self.speech_item or new_id("item")
+        self.speech_item = None
+        await self.send(
+            "input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=item_id
+        )
+        self.heard_at = time.monotonic()
+        cut = max(0, event.sample - self.audio_start)
+        turn_audio = bytes(self.audio[: cut * 2])
+        del self.audio[: cut * 2]
+        self.audio_start += cut
+        if not turn_audio:
+            return
+        await self._add_user_audio(item_id, turn_audio)
+        t = self.config.turn_detection
+        if t is not None and t.create_response and not self._responding():
+            self._start_response(self.config.modalities, self.config.instructions)
 
     async def _append_image(self, event: dict[str, Any]) -> None:
-        if not self.audio:
+        if not self.clock:
             raise RealtimeError(
                 "Append audio before images: an image goes with the audio of its turn.",
                 param="image",
@@ -191,8 +266,17 @@ class RealtimeSession:
                 code="input_audio_buffer_commit_empty",
                 param=None,
             )
-        turn = Turn(new_id("item"), "user", audio=bytes(self.audio), images=self.images)
-        self.audio, self.images = bytearray(), []
+        audio = bytes(self.audio)
+        self.audio, self.audio_start = bytearray(), self.clock
+        if self.detector is not None:
+            self.detector.reset()
+        await self._add_user_audio(self.speech_item or new_id("item"), audio)
+        self.speech_item = None
+
+    async def _add_user_audio(self, item_id: str, audio: bytes) -> None:
+        """A committed user turn: its audio and the images appended with it."""
+        turn = Turn(item_id, "user", audio=audio, images=self.images)
+        self.images = []
         previous = self.turns[-1].item_id if self.turns else None
         self.turns.append(turn)
         await self.send(
@@ -212,7 +296,10 @@ class RealtimeSession:
         )
 
     async def _clear(self, event: dict[str, Any]) -> None:
-        self.audio, self.images = bytearray(), []
+        self.audio, self.audio_start, self.images = bytearray(), self.clock, []
+        if self.detector is not None:
+            self.detector.reset()
+        self.speech_item = None
         await self.send("input_audio_buffer.cleared")
 
     async def _create_item(self, event: dict[str, Any]) -> None:
@@ -257,7 +344,7 @@ class RealtimeSession:
         )
 
     async def _create_response(self, event: dict[str, Any]) -> None:
-        if self.response is not None and not self.response.done():
+        if self._responding():
             raise RealtimeError(
                 "Conversation already has an active response.",
                 code="conversation_already_has_active_response",
@@ -285,20 +372,29 @@ class RealtimeSession:
                 code="conversation_empty",
                 param=None,
             )
-        self.response = asyncio.create_task(
-            self._respond(modalities, instructions or self.config.instructions)
-        )
+        self._start_response(modalities, instructions or self.config.instructions)
+
+    def _responding(self) -> bool:
+        return self.response is not None and not self.response.done()
+
+    def _start_response(self, modalities: tuple[str, ...], instructions: str) -> None:
+        self.response = asyncio.create_task(self._respond(modalities, instructions))
+
+    async def _stop_response(self) -> None:
+        """Cancels the response in progress and waits until it has said ``response.done``."""
+        if self.response is not None and not self.response.done():
+            self.response.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.response
 
     async def _cancel_response(self, event: dict[str, Any]) -> None:
-        if self.response is None or self.response.done():
+        if not self._responding():
             raise RealtimeError(
                 "Cancellation failed: no active response found.",
                 code="response_cancel_not_active",
                 param=None,
             )
-        self.response.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.response
+        await self._stop_response()
 
     async def _finish(self, event: dict[str, Any]) -> None:
         await self.close()
@@ -307,10 +403,7 @@ class RealtimeSession:
 
     async def close(self) -> None:
         """Stops the response in progress (its request is settled)."""
-        if self.response is not None and not self.response.done():
-            self.response.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.response
+        await self._stop_response()
 
     # -- a response ------------------------------------------------------------------------
 
@@ -362,6 +455,7 @@ class RealtimeSession:
 
     async def _respond(self, modalities: tuple[str, ...], instructions: str) -> None:
         audio_out = "audio" in modalities
+        heard_at, self.heard_at = self.heard_at, None
         response_id, item_id = new_id("resp"), new_id("item")
         base = {
             "id": response_id,
@@ -413,6 +507,13 @@ class RealtimeSession:
             )
             started = True
             async for event in completion.events():
+                if heard_at is not None and (
+                    (audio_out and isinstance(event, AudioDelta) and event.pcm)
+                    or (not audio_out and isinstance(event, TextDelta) and event.text)
+                ):
+                    if self.service.metrics is not None:
+                        self.service.metrics.turn_latency.observe(time.monotonic() - heard_at)
+                    heard_at = None
                 if isinstance(event, TextDelta) and event.text:
                     text.append(event.text)
                     name = "response.audio_transcript.delta" if audio_out else "response.text.delta"
