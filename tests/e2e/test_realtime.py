@@ -408,6 +408,16 @@ def test_an_idle_session_is_closed_with_an_error_event() -> None:
         client.close()
 
 
+def test_a_session_outlives_the_deadline_for_request_headers() -> None:
+    """The deadline for a request's headers ends with the upgrade: a session is not a request."""
+    with live_server(fast_settings(http={"header_timeout_s": 0.5})) as quick:
+        client = Client(quick)
+        time.sleep(1.5)
+        client.send("input_audio_buffer.clear")
+        assert client.next()["type"] == "input_audio_buffer.cleared"
+        client.close()
+
+
 # -- server turn detection -------------------------------------------------------------------
 
 
@@ -441,6 +451,24 @@ def test_the_server_hears_a_turn_and_answers_it(server: LiveServer) -> None:
     samples = scrape(server)
     assert value(samples, "omniserve_realtime_turn_latency_seconds_count") >= 1
     assert value(samples, "omniserve_realtime_vad_seconds_total") > 0
+
+
+def test_every_spoken_turn_of_a_conversation_is_answered(server: LiveServer) -> None:
+    """A chat request carries at most one audio file; a session's conversation carries one per
+    turn, and each turn sees the ones before it."""
+    client = Client(server)
+    dones = []
+    for _ in range(3):
+        client.say(silence(300) + QUESTION + silence(1000))
+        events = client.until("response.done")
+        assert [e for e in events if e["type"] == "error"] == []
+        dones.append(events[-1]["response"])
+    assert [d["status"] for d in dones] == ["completed"] * 3
+    prompts = [d["usage"]["input_tokens"] for d in dones]
+    assert prompts[0] < prompts[1] < prompts[2]
+    audio = [d["usage"]["input_tokens_details"]["audio_tokens"] for d in dones]
+    assert audio[0] < audio[1] < audio[2]  # every earlier turn's audio is in the prompt
+    client.close()
 
 
 def test_speaking_over_the_answer_stops_it() -> None:

@@ -141,6 +141,11 @@ class HeaderDeadline(H11Protocol):
         if self.cycle is not before:  # a request's headers are complete
             self._stop_deadline()
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The connection is a WebSocket's from here on: no more requests, no header deadline.
+        self._stop_deadline()
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         # Armed first: a pipelined request that follows at once stops it again.
         self._await_headers()
