@@ -17,6 +17,7 @@ meter and raised.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator
 
@@ -112,7 +113,9 @@ class ChatService:
     def models(self) -> list[ModelSpec]:
         return list(self.catalog)
 
-    def prepare(self, body: bytes | bytearray, request_id: str) -> ValidatedRequest:
+    def prepare(
+        self, body: bytes | bytearray, request_id: str, *, conversation: bool = False
+    ) -> ValidatedRequest:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message.
 
         Its work grows with the body: the API runs it on a worker thread, never on the event
@@ -122,7 +125,7 @@ class ChatService:
             max_messages=self.settings.max_messages,
             max_parts=self.settings.max_content_parts,
         )
-        return self.validator.validate(request, request_id)
+        return self.validator.validate(request, request_id, conversation=conversation)
 
     def media_policy(self, job: GenerationJob) -> MediaPolicy:
         """How this job's media are sized and counted: the vendor's billing formulas, or the
@@ -159,16 +162,19 @@ class ChatService:
         request_id: str,
         *,
         fetching_for: str | None = None,
+        conversation: bool = False,
     ) -> Completion:
         """Validates and admits one request; raises the ``ApiError`` that refuses it, or
         returns its ``Completion``. ``fetching_for`` names whose downloads its media URLs count
-        against (the cap on one caller's downloads at once)."""
+        against (the cap on one caller's downloads at once); ``conversation`` marks a realtime
+        session's conversation (each user turn may carry its own audio)."""
         assert self.accounts is not None, "ChatService.attach() was not called"
         meter = RequestMeter(self.metrics, self.tokenizer)
         try:
             # Parsing, validation and token counting grow with the body: off the event loop.
             validated = await anyio.to_thread.run_sync(
-                self.prepare, body, request_id, limiter=self.parse_limiter()
+                functools.partial(self.prepare, body, request_id, conversation=conversation),
+                limiter=self.parse_limiter(),
             )
             ticket = await self.accounts.admit(caller, validated.job)
         except ApiError as exc:

@@ -356,6 +356,22 @@ def test_images() -> None:
     )
 
 
+def test_one_audio_file_per_request_but_one_per_turn_in_a_conversation() -> None:
+    turns = [
+        {"role": "user", "content": [AUDIO_URL]},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": [AUDIO_DATA]},
+    ]
+    assert refused(MEDIA, messages=turns).message == (
+        "The audio modality input does not meet the requirements because: "
+        "at most 1 audio file is allowed per request."
+    )
+    body = {"model": "qwen3-omni-flash", "messages": turns, "stream": True}
+    request = parse_chat_request(json.dumps(body).encode())
+    job = MEDIA.validate(request, conversation=True).job
+    assert [i.kind for m in job.messages for i in m.media] == ["input_audio", "input_audio"]
+
+
 @pytest.mark.parametrize("part", [AUDIO_URL, AUDIO_DATA, AUDIO_BARE])
 def test_audio(part: dict[str, Any]) -> None:
     (item,) = media_of(part)

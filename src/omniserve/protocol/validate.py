@@ -60,7 +60,11 @@ class RequestValidator:
         self.tokenizer = tokenizer
         self.media_enabled = media_enabled
 
-    def validate(self, req: ChatRequest, request_id: str | None = None) -> ValidatedRequest:
+    def validate(
+        self, req: ChatRequest, request_id: str | None = None, *, conversation: bool = False
+    ) -> ValidatedRequest:
+        """``conversation``: a realtime session's conversation, whose every user turn may
+        carry its own audio (the per-request media counts do not apply to it)."""
         model = self.catalog.get(req.model)
         modalities = self._modalities(req)
         audio_out = "audio" in modalities
@@ -87,7 +91,8 @@ class RequestValidator:
             )
         if not any(m.role == "user" for m in messages):
             raise InvalidParameter("At least one user message is required.", param="messages")
-        self._media_counts(messages, model)
+        if not conversation:
+            self._media_counts(messages, model)
         if not model.video_input and any(i.modality == "video" for m in messages for i in m.media):
             raise InvalidParameter(
                 f"The model {req.model} does not accept video input on this server.",

@@ -484,6 +484,7 @@ class RealtimeSession:
                 body,
                 new_request_id(),
                 fetching_for=self.fetching_for,
+                conversation=True,
             )
             item = {
                 "id": item_id,
