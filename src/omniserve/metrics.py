@@ -101,7 +101,7 @@ class Metrics:
         )
         self.vad_seconds = Counter(
             "omniserve_realtime_vad_seconds",
-            "Time spent detecting speech in realtime sessions' audio (worker threads).",
+            "CPU time spent detecting speech in realtime sessions' audio (on worker threads).",
             registry=registry,
         )
         self.ttft = Histogram(
