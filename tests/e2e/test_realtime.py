@@ -385,6 +385,20 @@ def test_a_key_is_checked_on_the_upgrade() -> None:
         )
         assert json.loads(ws.recv())["type"] == "session.created"
         ws.close()
+        # A browser offers the key as a subprotocol; the other one it offered is chosen.
+        browser = websocket.create_connection(
+            url(keyed),
+            subprotocols=["realtime", f"openai-insecure-api-key.{secret}"],
+            timeout=10,
+        )
+        assert browser.getsubprotocol() == "realtime"
+        assert json.loads(browser.recv())["type"] == "session.created"
+        browser.close()
+        with pytest.raises(websocket.WebSocketBadStatusException) as wrong:
+            websocket.create_connection(
+                url(keyed), subprotocols=["realtime", "openai-insecure-api-key.sk-wrong"]
+            )
+        assert wrong.value.status_code == 401
 
 
 def test_a_page_of_another_site_is_refused_by_a_keyless_server(server: LiveServer) -> None:

@@ -26,13 +26,38 @@ def guard(level: AuthLevel) -> Guard:
 
     async def authenticate(request: HTTPConnection) -> Caller:
         accounts: Accounts = request.app.state.accounts
-        caller = await accounts.authenticate(request.headers.get("authorization"), level)
+        caller = await accounts.authenticate(credentials(request), level)
         request.state.caller = caller
         return caller
 
     authenticate.__name__ = f"auth_{level}"
     _GUARDS[level] = authenticate
     return authenticate
+
+
+# Browsers cannot set headers on a WebSocket: they offer the key as a subprotocol instead
+# (OpenAI's convention for its realtime API in the browser), never echoed back.
+KEY_PROTOCOL = "openai-insecure-api-key."
+
+
+def subprotocols(connection: HTTPConnection) -> list[str]:
+    """The subprotocols a WebSocket client offered, in its order (the ASGI scope has them;
+    some servers take the header out of the scope's headers)."""
+    if connection.scope.get("subprotocols"):
+        return [str(p) for p in connection.scope["subprotocols"]]
+    offered = connection.headers.get("sec-websocket-protocol", "")
+    return [p.strip() for p in offered.split(",") if p.strip()]
+
+
+def credentials(connection: HTTPConnection) -> str | None:
+    """The ``Authorization`` header, or on a WebSocket without one, the key its client offered
+    as a subprotocol, in the header's form."""
+    header = connection.headers.get("authorization")
+    if header is None and connection.scope["type"] == "websocket":
+        for protocol in subprotocols(connection):
+            if protocol.startswith(KEY_PROTOCOL):
+                return "Bearer " + protocol[len(KEY_PROTOCOL) :]
+    return header
 
 
 def all_routes(routes: list[BaseRoute]) -> list[BaseRoute]:

@@ -51,10 +51,11 @@ def validation_error(exc: RequestValidationError) -> InvalidParameter:
 def install_error_handlers(app: FastAPI) -> None:
     """Every error the framework raises leaves in the same envelope as the API's own."""
 
-    async def on_api_error(request: Request, exc: Exception) -> Response:
+    async def on_api_error(request: Request, exc: Exception) -> Response | None:
         assert isinstance(exc, ApiError)
         if isinstance(request, WebSocket):  # refused on the upgrade: an HTTP answer, no socket
             await request.send_denial_response(error_response(exc))
+            return None  # answered: nothing more to send
         return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
@@ -76,6 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return Response(status_code=499)
 
     app.add_exception_handler(ClientDisconnect, on_client_gone)
-    app.add_exception_handler(ApiError, on_api_error)
+    # One handler for both kinds of connection; Starlette's types split them in two.
+    app.add_exception_handler(ApiError, on_api_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

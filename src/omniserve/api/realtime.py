@@ -23,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from omniserve.accounts.auth import Caller
 from omniserve.accounts.service import Accounts
-from omniserve.api.auth import guard
+from omniserve.api.auth import KEY_PROTOCOL, guard, subprotocols
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response
 from omniserve.api.guard import answers_to, host_name
@@ -97,7 +97,10 @@ async def realtime(websocket: WebSocket, caller: Caller = KEY) -> None:
     except ApiError as exc:
         await websocket.send_denial_response(error_response(exc))
         return
-    await websocket.accept()
+    offered = [p for p in subprotocols(websocket) if not p.startswith(KEY_PROTOCOL)]
+    # A browser that offered subprotocols needs one chosen: "realtime" when offered.
+    chosen = "realtime" if "realtime" in offered else (offered[0] if offered else None)
+    await websocket.accept(subprotocol=chosen)
     settings = service.settings.realtime
     address = websocket.client.host if websocket.client else ""
     connection = Connection(websocket)
