@@ -58,12 +58,16 @@ def test_keys_lifecycle(tmp_path: Path) -> None:
         "default",
         "--quota-tokens",
         "5000",
+        "--sessions",
+        "3",
         "--name",
         "renamed",
     )
     assert code == 0, out
     code, out = cli("keys", "list", "--data-dir", str(tmp_path))
     assert "renamed" in out and "5,000" in out
+    line = next(x for x in out.splitlines() if key_id in x)
+    assert " 3 " in line  # realtime sessions at once
     code, out = cli("keys", "revoke", key_id, "--data-dir", str(tmp_path))
     assert code == 0 and "revoked" in out
     code, out = cli("keys", "list", "--data-dir", str(tmp_path))

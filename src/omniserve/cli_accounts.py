@@ -109,6 +109,9 @@ def create(
     quota_tokens: Annotated[
         str | None, typer.Option(help=f"Tokens in all (then 403): {LIMIT_HELP}.")
     ] = None,
+    sessions: Annotated[
+        str | None, typer.Option(help=f"Realtime sessions at once: {LIMIT_HELP}.")
+    ] = None,
     models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may use \\[default: all].")
     ] = None,
@@ -129,6 +132,7 @@ def create(
             ("tpm", tpm),
             ("concurrency", concurrency),
             ("quota_tokens", quota_tokens),
+            ("sessions", sessions),
         )
     }
     with database(accounts_settings(config, database_url, data_dir)) as engine:
@@ -156,7 +160,7 @@ def list_keys(
     table = Table(title="API keys")
     for column in ("id", "name", "key", "created", "status", "rpm", "tpm", "streams"):
         table.add_column(column)
-    for column in ("quota", "used", "models"):
+    for column in ("sessions", "quota", "used", "models"):
         table.add_column(column)
     for k in keys:
         table.add_row(
@@ -168,6 +172,7 @@ def list_keys(
             _limit(k.rpm, "model"),
             _limit(k.tpm, "model"),
             _limit(k.concurrency, "none"),
+            _limit(k.sessions, "server"),
             _limit(k.quota_tokens, "none"),
             f"{k.used_tokens:,}",
             escape(",".join(k.models)) or "all",
@@ -185,6 +190,9 @@ def update(
     tpm: Annotated[str | None, typer.Option(help=f"Tokens per minute: {LIMIT_HELP}.")] = None,
     concurrency: Annotated[str | None, typer.Option(help=f"Streams at once: {LIMIT_HELP}.")] = None,
     quota_tokens: Annotated[str | None, typer.Option(help=f"Tokens in all: {LIMIT_HELP}.")] = None,
+    sessions: Annotated[
+        str | None, typer.Option(help=f"Realtime sessions at once: {LIMIT_HELP}.")
+    ] = None,
     models: Annotated[str | None, typer.Option(help="Comma-separated models; '' for all.")] = None,
     admin: Annotated[bool | None, typer.Option("--admin/--no-admin")] = None,
     database_url: DatabaseOption = None,
@@ -200,6 +208,7 @@ def update(
         ("tpm", tpm),
         ("concurrency", concurrency),
         ("quota_tokens", quota_tokens),
+        ("sessions", sessions),
     ):
         given, parsed = parse_limit(value, f"--{field.replace('_', '-')}")
         if given:

@@ -52,6 +52,11 @@ class RealtimeSettings(BaseModel):
     # Largest client event, in bytes of JSON: an append of 10 s of audio is about 430 KB, of
     # an image at most 683 KB.
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Audio may arrive faster than real time (a recording sent at once) but at most this far
+    # ahead of the session's clock; appends beyond it are refused until time catches up.
+    max_audio_lead_s: float = Field(default=60.0, gt=0)
+    # Sessions one API key may hold open at once, unless the key sets its own; 0: no limit.
+    sessions_per_key: int = Field(default=16, ge=0)
 
 
 class HttpSettings(BaseModel):

@@ -22,6 +22,7 @@
     │   ├── RateLimited             429 limit_requests (carries Retry-After)
     │   ├── TokenRateLimited        429 insufficient_quota: tokens per minute (Retry-After)
     │   ├── EngineBusy              429 limit_requests: an engine queue is full (Retry-After)
+    │   ├── TooManySessions         429 limit_requests: a key's realtime sessions (Retry-After)
     │   ├── RequestTimedOut         500 RequestTimeOut: the engine went silent
     │   ├── InternalError           500 InternalError: a fault of ours; the message hides details
     │   ├── HttpError               its status, InternalError: the web framework's other errors
@@ -295,6 +296,21 @@ class TokenRateLimited(_RetryAfter):
         super().__init__(
             "Allocated quota exceeded, please increase your quota limit.",
             retry_after=retry_after,
+        )
+
+
+class TooManySessions(_RetryAfter):
+    """A key holds as many realtime sessions open as it may: the rate limit's code."""
+
+    code = "limit_requests"
+    type = "limit_requests"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This API key may hold {limit} realtime session{'s' if limit != 1 else ''} open "
+            "at once; close one first. For details, see: "
+            "https://help.aliyun.com/zh/model-studio/error-code#rate-limit",
+            retry_after=5.0,
         )
 
 

@@ -315,3 +315,22 @@ def test_rejected_requests_are_not_on_the_books(keyed: LiveServer) -> None:
     post(keyed, chat_body(), "sk-wrong")  # 401
     post(keyed, chat_body(voice="nobody", modalities=["text", "audio"]), secret)  # 400 / 429
     assert len(ledger_rows(keyed)) == 1
+
+
+def test_the_admin_api_sets_a_keys_realtime_session_limit(keyed: LiveServer) -> None:
+    _, admin = store(keyed).create("ops", admin=True)
+    auth = {"Authorization": f"Bearer {admin}"}
+    created = httpx.post(
+        f"{keyed.base_url}/admin/keys", json={"name": "voice app", "sessions": 4}, headers=auth
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()
+    assert key["sessions"] == 4
+    changed = httpx.patch(
+        f"{keyed.base_url}/admin/keys/{key['id']}", json={"sessions": 0}, headers=auth
+    )
+    assert changed.status_code == 200 and changed.json()["sessions"] == 0  # no limit
+    bad = httpx.patch(
+        f"{keyed.base_url}/admin/keys/{key['id']}", json={"sessions": -1}, headers=auth
+    )
+    assert bad.status_code == 400

@@ -401,6 +401,59 @@ def test_a_key_is_checked_on_the_upgrade() -> None:
         assert wrong.value.status_code == 401
 
 
+def test_sessions_at_once_are_limited_per_key() -> None:
+    with live_server(fast_settings(realtime={"sessions_per_key": 2})) as keyed:
+        assert keyed.accounts.store is not None
+        _, one = keyed.accounts.store.create("one session", sessions=1)
+        _, default = keyed.accounts.store.create("the server's default")
+
+        def connect(secret: str) -> websocket.WebSocket:
+            ws = websocket.create_connection(
+                url(keyed), header=[f"Authorization: Bearer {secret}"], timeout=10
+            )
+            assert json.loads(ws.recv())["type"] == "session.created"
+            return ws
+
+        def refused(secret: str) -> websocket.WebSocketBadStatusException:
+            with pytest.raises(websocket.WebSocketBadStatusException) as info:
+                connect(secret)
+            return info.value
+
+        first = connect(one)
+        too_many = refused(one)
+        assert too_many.status_code == 429
+        assert too_many.resp_headers["retry-after"] == "5"
+        error = json.loads(too_many.resp_body)["error"]
+        assert error["code"] == "limit_requests"
+        assert "1 realtime session open at once" in error["message"]
+        held = [connect(default), connect(default)]  # another key: its own count
+        assert refused(default).status_code == 429
+        first.close()
+        deadline = time.monotonic() + 10
+        while keyed.accounts.sessions.get(keyed.accounts.store.all()[0].id):
+            assert time.monotonic() < deadline, "the closed session still holds its slot"
+            time.sleep(0.02)
+        connect(one).close()  # the slot came back
+        for ws in held:
+            ws.close()
+
+
+def test_audio_faster_than_real_time_is_refused_beyond_the_lead() -> None:
+    with live_server(fast_settings(realtime={"max_audio_lead_s": 1.0})) as strict:
+        client = Client(strict)
+        client.manual()
+        client.say(silence(900))  # a burst within the lead: accepted
+        client.say(silence(1000), chunk=32_000)  # beyond it, in one append
+        error = client.next()
+        assert error["type"] == "error"
+        assert error["error"]["code"] == "input_audio_too_fast"
+        client.say(silence(100))  # within the lead again: the refused append was not kept
+        client.send("input_audio_buffer.commit")
+        committed = client.next()
+        assert committed["type"] == "input_audio_buffer.committed"
+        client.close()
+
+
 def test_a_page_of_another_site_is_refused_by_a_keyless_server(server: LiveServer) -> None:
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         websocket.create_connection(url(server), origin="https://evil.example", timeout=10)

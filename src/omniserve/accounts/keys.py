@@ -58,6 +58,7 @@ class ApiKey:
     tpm: int | None = None
     concurrency: int | None = None
     quota_tokens: int | None = None
+    sessions: int | None = None  # realtime sessions open at once
     models: tuple[str, ...] = ()
     admin: bool = False
     used_tokens: int = 0
@@ -84,6 +85,7 @@ def _row_to_key(row: Any) -> ApiKey:
         tpm=m["tpm"],
         concurrency=m["concurrency"],
         quota_tokens=m["quota_tokens"],
+        sessions=m["sessions"],
         models=tuple(x for x in (m["models"] or "").split(",") if x),
         admin=bool(m["admin"]),
         used_tokens=int(m["used_tokens"] or 0),
@@ -96,7 +98,7 @@ class KeyNotFound(LookupError):
 
 
 # Fields ``update`` may change.
-UPDATABLE = ("name", "rpm", "tpm", "concurrency", "quota_tokens", "models", "admin")
+UPDATABLE = ("name", "rpm", "tpm", "concurrency", "quota_tokens", "sessions", "models", "admin")
 
 
 class KeyStore:
@@ -121,6 +123,7 @@ class KeyStore:
         tpm: int | None = None,
         concurrency: int | None = None,
         quota_tokens: int | None = None,
+        sessions: int | None = None,
         models: tuple[str, ...] = (),
         admin: bool = False,
     ) -> tuple[ApiKey, str]:
@@ -137,6 +140,7 @@ class KeyStore:
             tpm=tpm,
             concurrency=concurrency,
             quota_tokens=quota_tokens,
+            sessions=sessions,
             models=models,
             admin=admin,
             secret_hash=hash_secret(secret),
@@ -155,6 +159,7 @@ class KeyStore:
                     tpm=tpm,
                     concurrency=concurrency,
                     quota_tokens=quota_tokens,
+                    sessions=sessions,
                     models=",".join(models),
                     admin=admin,
                     used_tokens=0,

@@ -38,6 +38,7 @@ api_keys = Table(
     Column("tpm", Integer, nullable=True),
     Column("concurrency", Integer, nullable=True),
     Column("quota_tokens", BigInteger, nullable=True),
+    Column("sessions", Integer, nullable=True),  # realtime sessions at once; NULL: the server's
     Column("models", Text, nullable=False, default=""),  # comma-separated; empty: every model
     Column("admin", Boolean, nullable=False, default=False),
     Column("used_tokens", BigInteger, nullable=False, default=0),

@@ -26,7 +26,7 @@ from omniserve.accounts.limits import InProcessLimiter, Limiter
 from omniserve.accounts.owners import Presence, new_owner
 from omniserve.accounts.watch import KeyWatch, watch_for
 from omniserve.config import AccountsSettings
-from omniserve.errors import ServiceUnavailable
+from omniserve.errors import ServiceUnavailable, TooManySessions
 from omniserve.job import GenerationJob
 from omniserve.metrics import Metrics
 from omniserve.tokens import QwenTokenizer
@@ -71,6 +71,7 @@ class Accounts:
         self._sweeper: asyncio.Task[None] | None = None
         self._warned: dict[str, float] = {}
         self.pending: set[asyncio.Task[None]] = set()
+        self.sessions: dict[str, int] = {}  # realtime sessions open per key id
 
     async def start(self) -> None:
         engine = await run_sync(open_database, self.url)
@@ -238,7 +239,38 @@ class Accounts:
             return ANONYMOUS
         return authenticate(await self._current_keys(), authorization, level)
 
+    def open_session(self, caller: Caller, default: int | None) -> SessionSlot:
+        """Counts one realtime session of the caller's key, or raises the vendor's 429 when the
+        key already holds as many as it may: its own ``sessions`` limit, else ``default``
+        (0 or None: no limit). Counted per server process; a caller without a key is not."""
+        key = caller.key
+        if key is None:
+            return SessionSlot(self.sessions, None)
+        limit = key.sessions if key.sessions is not None else default
+        held = self.sessions.get(key.id, 0)
+        if limit and held >= limit:
+            raise TooManySessions(limit)
+        self.sessions[key.id] = held + 1
+        return SessionSlot(self.sessions, key.id)
+
     async def admit(self, caller: Caller, job: GenerationJob) -> Ticket:
         """Reserves the request's estimated tokens and opens its ledger row, or raises the
         vendor's 403/404/429."""
         return await admit(self, caller, job)
+
+
+class SessionSlot:
+    """One open realtime session of a key; ``release`` gives the slot back (once)."""
+
+    def __init__(self, counts: dict[str, int], key_id: str | None) -> None:
+        self._counts = counts
+        self._key_id = key_id
+
+    def release(self) -> None:
+        key_id, self._key_id = self._key_id, None
+        if key_id is not None:
+            left = self._counts.get(key_id, 1) - 1
+            if left > 0:
+                self._counts[key_id] = left
+            else:
+                self._counts.pop(key_id, None)

@@ -23,7 +23,7 @@ from omniserve.api.errors import error_response
 from omniserve.errors import NotFound
 
 T = TypeVar("T")
-INT32 = 2**31 - 1  # rpm, tpm and concurrency are 32-bit columns
+INT32 = 2**31 - 1  # rpm, tpm, concurrency and sessions are 32-bit columns
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(guard("admin"))])
 
@@ -51,6 +51,7 @@ class KeyLimits(BaseModel):
     tpm: int | None = Field(default=None, ge=0, le=INT32)
     concurrency: int | None = Field(default=None, ge=0, le=INT32)
     quota_tokens: int | None = Field(default=None, ge=0, le=INT64)
+    sessions: int | None = Field(default=None, ge=0, le=INT32)
     models: list[ModelName] = Field(default_factory=list, max_length=100)
     admin: bool = False
 
@@ -67,6 +68,7 @@ class KeyChanges(BaseModel):
     tpm: int | None = Field(default=None, ge=0, le=INT32)
     concurrency: int | None = Field(default=None, ge=0, le=INT32)
     quota_tokens: int | None = Field(default=None, ge=0, le=INT64)
+    sessions: int | None = Field(default=None, ge=0, le=INT32)
     models: list[ModelName] | None = Field(default=None, max_length=100)
     admin: bool | None = None
 

@@ -90,13 +90,31 @@ async def realtime(websocket: WebSocket, caller: Caller = KEY) -> None:
     service: ChatService = websocket.app.state.service
     drain: Drain = websocket.app.state.drain
     metrics: Metrics = websocket.app.state.metrics
+    settings = service.settings.realtime
     try:
         if drain.draining:
             raise shutting_down()
         model = await _admit(websocket, caller)
+        accounts: Accounts = websocket.app.state.accounts
+        slot = accounts.open_session(caller, settings.sessions_per_key)
     except ApiError as exc:
         await websocket.send_denial_response(error_response(exc))
         return
+    try:
+        await _run(websocket, service, drain, metrics, caller, model)
+    finally:
+        slot.release()
+
+
+async def _run(
+    websocket: WebSocket,
+    service: ChatService,
+    drain: Drain,
+    metrics: Metrics,
+    caller: Caller,
+    model: str,
+) -> None:
+    """One admitted session, from the accepted upgrade to the close."""
     offered = [p for p in subprotocols(websocket) if not p.startswith(KEY_PROTOCOL)]
     # A browser that offered subprotocols needs one chosen: "realtime" when offered.
     chosen = "realtime" if "realtime" in offered else (offered[0] if offered else None)

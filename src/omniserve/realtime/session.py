@@ -84,6 +84,7 @@ class RealtimeSession:
         self.audio = bytearray()
         self.audio_start = 0  # the audio clock (samples appended so far) at self.audio[0]
         self.clock = 0
+        self.opened_at = time.monotonic()
         self.images: list[bytes] = []
         self.detector: TurnDetector | None = None
         self.heard_at: float | None = None  # when the server heard the last turn end
@@ -174,6 +175,15 @@ class RealtimeSession:
         if len(pcm) % 2:
             raise RealtimeError(
                 "The audio is not whole PCM16 samples (an odd number of bytes).", param="audio"
+            )
+        lead = (self.clock + len(pcm) // 2) / INPUT_RATE - (time.monotonic() - self.opened_at)
+        if lead > self.settings.max_audio_lead_s:
+            raise RealtimeError(
+                "Audio is arriving faster than real time: at most "
+                f"{self.settings.max_audio_lead_s:g} seconds ahead of the session's clock are "
+                "accepted. Send it as it is recorded.",
+                code="input_audio_too_fast",
+                param="audio",
             )
         limit = int(self.settings.max_buffer_s * INPUT_RATE * 2)
         if len(self.audio) + len(pcm) > limit:
