@@ -1,4 +1,5 @@
-"""``wss://…/api-ws/v1/realtime?model=…``: the realtime API's WebSocket (docs/realtime.md).
+"""``wss://…/api-ws/v1/realtime?model=…``: the realtime API's WebSocket (docs/realtime.md),
+and the same sessions in OpenAI's Realtime dialect at ``/v1/realtime`` (``realtime.dialect``).
 
 The key is checked on the upgrade: a caller without a valid one gets the API's 401 (or 403,
 404) as an HTTP answer and no socket. A server without keys answers only the names it serves
@@ -30,6 +31,7 @@ from omniserve.api.guard import answers_to, host_name
 from omniserve.catalog import REALTIME_MODELS
 from omniserve.errors import AccessDenied, ApiError, HostNotAllowed, InvalidParameter, ModelNotFound
 from omniserve.metrics import Metrics
+from omniserve.realtime.dialect import Dialect, OpenAIDialect, VendorDialect
 from omniserve.realtime.protocol import RealtimeError
 from omniserve.realtime.session import RealtimeSession
 from omniserve.service import ChatService
@@ -86,7 +88,20 @@ KEY = Depends(guard("key"))
 
 @router.websocket("/api-ws/v1/realtime")
 async def realtime(websocket: WebSocket, caller: Caller = KEY) -> None:
-    """Authenticated on the upgrade (the guard: 401/403 before any socket), then served."""
+    """The vendor's dialect. Authenticated on the upgrade (the guard: 401/403 before any
+    socket), then served."""
+    await _serve_session(websocket, caller, VendorDialect())
+
+
+@router.websocket("/v1/realtime")
+@router.websocket("/compatible-mode/v1/realtime")
+async def openai_realtime(websocket: WebSocket, caller: Caller = KEY) -> None:
+    """OpenAI's Realtime dialect: GA, or beta with the ``OpenAI-Beta: realtime=v1`` header."""
+    beta = "realtime=v1" in websocket.headers.get("openai-beta", "")
+    await _serve_session(websocket, caller, OpenAIDialect(beta=beta))
+
+
+async def _serve_session(websocket: WebSocket, caller: Caller, dialect: Dialect) -> None:
     service: ChatService = websocket.app.state.service
     drain: Drain = websocket.app.state.drain
     metrics: Metrics = websocket.app.state.metrics
@@ -101,7 +116,7 @@ async def realtime(websocket: WebSocket, caller: Caller = KEY) -> None:
         await websocket.send_denial_response(error_response(exc))
         return
     try:
-        await _run(websocket, service, drain, metrics, caller, model)
+        await _run(websocket, service, drain, metrics, caller, model, dialect)
     finally:
         slot.release()
 
@@ -113,6 +128,7 @@ async def _run(
     metrics: Metrics,
     caller: Caller,
     model: str,
+    dialect: Dialect,
 ) -> None:
     """One admitted session, from the accepted upgrade to the close."""
     offered = [p for p in subprotocols(websocket) if not p.startswith(KEY_PROTOCOL)]
@@ -129,6 +145,7 @@ async def _run(
         settings,
         connection.send,
         fetching_for=f"key:{caller.key_id}" if caller.key_id else f"address:{address}",
+        dialect=dialect,
     )
     drain.add(connection)
     metrics.realtime_sessions.inc()

@@ -31,6 +31,7 @@ from omniserve.config import RealtimeSettings
 from omniserve.errors import ApiError
 from omniserve.events import AudioDelta, Finished, TextDelta
 from omniserve.job import Usage, new_request_id
+from omniserve.realtime.dialect import Dialect, SessionView, VendorDialect
 from omniserve.realtime.protocol import (
     INPUT_RATE,
     RealtimeError,
@@ -47,6 +48,7 @@ log = logging.getLogger("omniserve.realtime")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_IMAGE_BYTES = 500 * 1024  # one image append, before base64
 MAX_IMAGES_PER_TURN = 64
+OUTPUT_RATE = 24_000  # PCM16 mono out
 
 
 @dataclass
@@ -57,7 +59,8 @@ class Turn:
     role: str  # user | assistant | system
     text: str = ""
     audio: bytes = b""  # user speech, PCM16 16 kHz
-    images: list[bytes] = field(default_factory=list)  # JPEG, shown with the audio
+    images: list[bytes] = field(default_factory=list)  # JPEG (or PNG), shown with the turn
+    audio_ms: int = 0  # an answer's speech sent, in milliseconds
 
 
 class RealtimeSession:
@@ -70,6 +73,7 @@ class RealtimeSession:
         send: Send,
         *,
         fetching_for: str | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
         self.service = service
         self.caller = caller
@@ -91,12 +95,24 @@ class RealtimeSession:
         self.speech_item: str | None = None  # the user item a detected turn will become
         self.turns: list[Turn] = []
         self.response: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None  # why the last response was cancelled
         self.finished = False
+        self.dialect: Dialect = dialect or VendorDialect()
+        self.dialect.bind(
+            SessionView(
+                id=self.id,
+                model=model.name,
+                config=lambda: self.config,
+                expires_at=int(time.time() + settings.max_session_s),
+                cancel_reason=lambda: self.cancel_reason,
+            )
+        )
 
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, type_: str, **fields: Any) -> None:
-        await self._send({"event_id": new_id("event"), "type": type_, **fields})
+        for event in self.dialect.outbound({"event_id": new_id("event"), "type": type_, **fields}):
+            await self._send(event)
 
     async def error(self, error: RealtimeError) -> None:
         await self._send(error.event())
@@ -135,6 +151,11 @@ class RealtimeSession:
                 )
             )
             return
+        try:
+            event = self.dialect.inbound(event)
+        except RealtimeError as exc:
+            await self.error(exc)
+            return
         handler = self._handlers().get(event["type"])
         if handler is None:
             await self.error(
@@ -158,6 +179,8 @@ class RealtimeSession:
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
             "conversation.item.create": self._create_item,
+            "conversation.item.delete": self._delete_item,
+            "conversation.item.truncate": self._truncate_item,
             "response.create": self._create_response,
             "response.cancel": self._cancel_response,
             "session.finish": self._finish,
@@ -236,7 +259,7 @@ class RealtimeSession:
         t = self.config.turn_detection
         if t is not None and t.interrupt_response and self._responding():
             # Barge-in: the user talks over the answer, which stops at once.
-            await self._stop_response()
+            await self._stop_response("turn_detected")
 
     async def _speech_stopped(self, event: SpeechStopped) -> None:
         item_id = self.speech_item or new_id("item")
@@ -333,18 +356,33 @@ class RealtimeSession:
         content = item.get("content")
         if not isinstance(content, list) or not content:
             raise RealtimeError("item.content must be a non-empty list.", param="item.content")
-        texts = []
+        texts, audio, images = [], b"", []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") not in ("input_text", "text"):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("input_text", "text"):
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise RealtimeError("A text part needs a string 'text'.", param="item.content")
+                texts.append(text)
+            elif kind == "input_audio" and role == "user" and not audio:
+                audio = _base64(part.get("audio"), "item.content.audio")
+                if len(audio) % 2 or len(audio) > self.settings.max_buffer_s * INPUT_RATE * 2:
+                    raise RealtimeError(
+                        "An audio part is whole PCM16 samples, at most "
+                        f"{self.settings.max_buffer_s:g} seconds.",
+                        param="item.content.audio",
+                    )
+            elif kind == "input_image" and role == "user":
+                images.append(_image_url(part.get("image_url")))
+            else:
                 raise RealtimeError(
-                    "Message items carry text parts only ({'type': 'input_text', 'text': …}).",
+                    "Message items carry text parts ({'type': 'input_text', 'text': …}); user "
+                    "items may also carry one 'input_audio' part and 'input_image' parts.",
                     param="item.content",
                 )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RealtimeError("A text part needs a string 'text'.", param="item.content")
-            texts.append(text)
-        turn = Turn(item.get("id") or new_id("item"), role, text="".join(texts))
+        item_id = item.get("id") if isinstance(item.get("id"), str) else None
+        turn = Turn(item_id or new_id("item"), role, text="".join(texts), audio=audio)
+        turn.images = images[:MAX_IMAGES_PER_TURN]
         previous = self.turns[-1].item_id if self.turns else None
         self.turns.append(turn)
         await self.send(
@@ -356,8 +394,44 @@ class RealtimeSession:
                 "type": "message",
                 "status": "completed",
                 "role": role,
-                "content": [{"type": "input_text", "text": turn.text}],
+                "content": _content(turn),
             },
+        )
+
+    def _find(self, item_id: Any) -> Turn:
+        for turn in self.turns:
+            if turn.item_id == item_id:
+                return turn
+        raise RealtimeError(
+            f"Item with item_id not found: {str(item_id)[:100]}.",
+            code="item_not_found",
+            param="item_id",
+        )
+
+    async def _delete_item(self, event: dict[str, Any]) -> None:
+        turn = self._find(event.get("item_id"))
+        self.turns.remove(turn)
+        await self.send("conversation.item.deleted", item_id=turn.item_id)
+
+    async def _truncate_item(self, event: dict[str, Any]) -> None:
+        """The client played only ``audio_end_ms`` of an answer: the conversation keeps the
+        part of its text that goes with that much speech (in proportion)."""
+        turn = self._find(event.get("item_id"))
+        end = event.get("audio_end_ms")
+        if turn.role != "assistant" or not turn.audio_ms:
+            raise RealtimeError("Only an answer with speech can be truncated.", param="item_id")
+        if isinstance(end, bool) or not isinstance(end, int) or not 0 <= end <= turn.audio_ms:
+            raise RealtimeError(
+                f"Invalid audio_end_ms: {end!r}. It must be in [0, {turn.audio_ms}].",
+                param="audio_end_ms",
+            )
+        turn.text = turn.text[: len(turn.text) * end // turn.audio_ms]
+        turn.audio_ms = end
+        await self.send(
+            "conversation.item.truncated",
+            item_id=turn.item_id,
+            content_index=event.get("content_index", 0),
+            audio_end_ms=end,
         )
 
     async def _create_response(self, event: dict[str, Any]) -> None:
@@ -397,9 +471,10 @@ class RealtimeSession:
     def _start_response(self, modalities: tuple[str, ...], instructions: str) -> None:
         self.response = asyncio.create_task(self._respond(modalities, instructions))
 
-    async def _stop_response(self) -> None:
+    async def _stop_response(self, reason: str = "client_cancelled") -> None:
         """Cancels the response in progress and waits until it has said ``response.done``."""
         if self.response is not None and not self.response.done():
+            self.cancel_reason = reason
             self.response.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.response
@@ -411,7 +486,7 @@ class RealtimeSession:
                 code="response_cancel_not_active",
                 param=None,
             )
-        await self._stop_response()
+        await self._stop_response("client_cancelled")
 
     async def _finish(self, event: dict[str, Any]) -> None:
         await self.close()
@@ -433,20 +508,26 @@ class RealtimeSession:
         if instructions:
             messages.append({"role": "system", "content": instructions})
         for turn in turns:
-            if turn.role != "user" or not turn.audio:
+            if turn.role != "user" or not (turn.audio or turn.images):
                 messages.append({"role": turn.role, "content": turn.text})
                 continue
+            # One non-text modality per user message: the images, then the audio.
+            text = [{"type": "text", "text": turn.text}] if turn.text else []
             if turn.images:
-                urls = [_data_url("image/jpeg", image) for image in turn.images]
+                urls = [_data_url(_image_type(image), image) for image in turn.images]
                 if len(urls) == 1:
                     part: dict[str, Any] = {"type": "image_url", "image_url": {"url": urls[0]}}
                 else:
                     part = {"type": "video", "video": urls}
-                messages.append({"role": "user", "content": [part]})
-            audio = {"data": _data_url("audio/wav", _wav(turn.audio)), "format": "wav"}
-            messages.append(
-                {"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]}
-            )
+                messages.append({"role": "user", "content": [part, *([] if turn.audio else text)]})
+            if turn.audio:
+                audio = {"data": _data_url("audio/wav", _wav(turn.audio)), "format": "wav"}
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": [*text, {"type": "input_audio", "input_audio": audio}],
+                    }
+                )
         body: dict[str, Any] = {
             "model": self.model.chat,
             "messages": messages,
@@ -488,6 +569,7 @@ class RealtimeSession:
         kind = "audio" if audio_out else "text"
         ids = {"response_id": response_id, "item_id": item_id, "output_index": 0}
         text: list[str] = []
+        audio_samples = 0
         usage: Usage | None = None
         status = "failed"
         started = False
@@ -537,6 +619,7 @@ class RealtimeSession:
                     name = "response.audio_transcript.delta" if audio_out else "response.text.delta"
                     await self.send(name, **ids, content_index=0, delta=event.text)
                 elif isinstance(event, AudioDelta) and event.pcm:
+                    audio_samples += len(event.pcm) // 2
                     await self.send(
                         "response.audio.delta",
                         **ids,
@@ -566,7 +649,8 @@ class RealtimeSession:
                 await completion.aclose()
         answer = "".join(text)
         # What was sent stays in the conversation as the assistant's turn, cut where it stopped.
-        self.turns.append(Turn(item_id, "assistant", text=answer))
+        sent_ms = audio_samples * 1000 // OUTPUT_RATE
+        self.turns.append(Turn(item_id, "assistant", text=answer, audio_ms=sent_ms))
         await self._close_response(base, ids, kind, answer, status, usage, started)
 
     async def _close_response(
@@ -654,3 +738,36 @@ def _wav(pcm: bytes) -> bytes:
         w.setframerate(INPUT_RATE)
         w.writeframes(pcm)
     return out.getvalue()
+
+
+def _content(turn: Turn) -> list[dict[str, Any]]:
+    """A created item's content as the server shows it (no media bytes)."""
+    parts: list[dict[str, Any]] = [{"type": "input_image"} for _ in turn.images]
+    if turn.audio:
+        parts.append({"type": "input_audio", "transcript": None})
+    if turn.text or not parts:
+        parts.append({"type": "input_text", "text": turn.text})
+    return parts
+
+
+def _image_type(image: bytes) -> str:
+    return "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
+
+
+def _image_url(value: Any) -> bytes:
+    """An ``input_image`` part's data URL: a JPEG or PNG of at most 500 KB."""
+    if not isinstance(value, str) or not value.startswith("data:"):
+        raise RealtimeError(
+            "An input_image part needs 'image_url' as a data URL (data:image/jpeg;base64,…).",
+            param="item.content.image_url",
+        )
+    _, _, data = value.partition(",")
+    image = _base64(data, "item.content.image_url")
+    if len(image) > MAX_IMAGE_BYTES:
+        raise RealtimeError(
+            f"The image is {len(image)} bytes; at most {MAX_IMAGE_BYTES} are allowed.",
+            param="item.content.image_url",
+        )
+    if not (image.startswith(b"\xff\xd8") or image.startswith(b"\x89PNG")):
+        raise RealtimeError("The image must be a JPEG or PNG.", param="item.content.image_url")
+    return image
