@@ -302,6 +302,7 @@ def usage(
         ("failed", f"{total.failed:,}", "right"),
         ("prompt tokens", f"{total.prompt_tokens:,}", "right"),
         ("completion tokens", f"{total.completion_tokens:,}", "right"),
+        ("audio in (s)", f"{total.input_audio_seconds:,.1f}", "right"),
         ("audio out (s)", f"{total.audio_seconds:,.1f}", "right"),
         (f"cost ({currency}, {region})", f"{total.cost:,.4f}", "right"),
     )
@@ -315,6 +316,7 @@ def usage(
             f"{line.failed:,}",
             f"{line.prompt_tokens:,}",
             f"{line.completion_tokens:,}",
+            f"{line.input_audio_seconds:,.1f}",
             f"{line.audio_seconds:,.1f}",
             f"{line.cost:,.4f}",
         )

@@ -245,3 +245,16 @@ class GenerationJob:
     @property
     def audio_output(self) -> bool:
         return self.voice is not None
+
+    @property
+    def input_audio_seconds(self) -> float:
+        """Seconds of decoded input audio: audio clips and the soundtracks of videos."""
+        seconds = 0.0
+        for message in self.messages:
+            for item in message.media:
+                d = item.decoded
+                if isinstance(d, AudioInput):
+                    seconds += d.seconds
+                elif isinstance(d, VideoInput) and d.audio is not None:
+                    seconds += d.audio.seconds
+        return seconds

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import websocket
 from dashscope.audio.qwen_omni import MultiModality, OmniRealtimeCallback, OmniRealtimeConversation
 
 from helpers import LiveServer, fast_settings, live_server, scrape, value
+from omniserve.accounts.schema import ledger
 from omniserve.speech.pcm import parse_wav, resample_pcm16
 
 MODEL = "qwen3-omni-flash-realtime"
@@ -536,6 +538,20 @@ def test_every_spoken_turn_of_a_conversation_is_answered(server: LiveServer) -> 
     audio = [d["usage"]["input_tokens_details"]["audio_tokens"] for d in dones]
     assert audio[0] < audio[1] < audio[2]  # every earlier turn's audio is in the prompt
     client.close()
+    # One ledger row per response, with the seconds of audio it heard and spoke.
+    assert server.accounts.writer is not None and server.accounts.writer.flush()
+    assert server.accounts.store is not None
+    with server.accounts.store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(ledger.c.input_audio_seconds, ledger.c.audio_seconds, ledger.c.status)
+            .order_by(ledger.c.started_ms.desc())
+            .limit(3)
+        ).all()
+    heard = [row.input_audio_seconds for row in reversed(rows)]
+    turn_s = heard[0]
+    assert 1.5 < turn_s < 3.5  # the question and the padding before it
+    assert heard == pytest.approx([turn_s, 2 * turn_s, 3 * turn_s], rel=0.1)
+    assert all(row.audio_seconds > 0 and row.status == "ok" for row in rows)
 
 
 def test_speaking_over_the_answer_stops_it() -> None:

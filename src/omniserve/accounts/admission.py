@@ -116,6 +116,7 @@ class Ticket:
         self.caller = caller
         self.job = job
         self.prompt: PromptTokens = job.prompt_tokens
+        self.input_audio_seconds = 0.0  # known once the media are decoded (``fit``)
         self.reservation = reservation
         self.started = started  # time.monotonic() when admission began
         self.settled = False
@@ -125,6 +126,7 @@ class Ticket:
         """The job with its media counted: reserve what the media added to the estimate."""
         extra = job.prompt_tokens.total - self.prompt.total
         self.prompt = job.prompt_tokens
+        self.input_audio_seconds = job.input_audio_seconds
         if extra > 0 and self.reservation is not None:
             try:
                 await self.accounts.limiter.extend(self.reservation, extra)
@@ -204,6 +206,7 @@ class Ticket:
             finish_reason=finish_reason,
             usage=usage,
             audio_seconds=round(audio_seconds, 3),
+            input_audio_seconds=round(self.input_audio_seconds, 3),
             ttft_ms=ms(ttft),
             ttfa_ms=ms(ttfa),
             duration_ms=ms(time.monotonic()),

@@ -54,7 +54,8 @@ class Outcome:
     error_code: str | None = None
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
-    audio_seconds: float = 0.0
+    audio_seconds: float = 0.0  # speech sent
+    input_audio_seconds: float = 0.0  # audio heard: input clips and videos' soundtracks
     ttft_ms: int | None = None
     ttfa_ms: int | None = None
     duration_ms: int | None = None
@@ -72,6 +73,7 @@ class Outcome:
             "finish_reason": self.finish_reason,
             **self.usage.by_kind(),
             "audio_seconds": self.audio_seconds,
+            "input_audio_seconds": self.input_audio_seconds,
             "ttft_ms": self.ttft_ms,
             "ttfa_ms": self.ttfa_ms,
             "duration_ms": self.duration_ms,

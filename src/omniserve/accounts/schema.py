@@ -66,7 +66,8 @@ ledger = Table(
     Column("finish_reason", String(16), nullable=True),
     # Tokens by kind, one column each (``Usage.by_kind()``).
     *(Column(kind, Integer, nullable=False, default=0) for kind in TOKEN_KINDS),
-    Column("audio_seconds", Float, nullable=False, default=0.0),
+    Column("audio_seconds", Float, nullable=False, default=0.0),  # speech out
+    Column("input_audio_seconds", Float, nullable=False, default=0.0),  # audio in
     Column("ttft_ms", Integer, nullable=True),
     Column("ttfa_ms", Integer, nullable=True),
     Column("duration_ms", Integer, nullable=True),

@@ -30,8 +30,9 @@ class UsageLine:
     failed: int  # error, disconnected or interrupted
     prompt_tokens: int
     completion_tokens: int
-    audio_seconds: float
+    audio_seconds: float  # speech out
     cost: float
+    input_audio_seconds: float = 0.0  # audio in
 
     @property
     def total_tokens(self) -> int:
@@ -64,6 +65,7 @@ def usage_report(
             sa.func.sum(prompt).label("prompt"),
             sa.func.sum(completion).label("completion"),
             sa.func.sum(c.audio_seconds).label("audio"),
+            sa.func.sum(c.input_audio_seconds).label("audio_in"),
             sa.func.sum(c.cost).label("cost"),
         )
         .where(c.status != "running")
@@ -89,6 +91,7 @@ def usage_report(
                     completion_tokens=int(row.completion or 0),
                     audio_seconds=float(row.audio or 0.0),
                     cost=float(row.cost or 0.0),
+                    input_audio_seconds=float(row.audio_in or 0.0),
                 )
             )
     return lines
@@ -103,4 +106,5 @@ def totals(lines: list[UsageLine]) -> UsageLine:
         completion_tokens=sum(x.completion_tokens for x in lines),
         audio_seconds=sum(x.audio_seconds for x in lines),
         cost=sum(x.cost for x in lines),
+        input_audio_seconds=sum(x.input_audio_seconds for x in lines),
     )
