@@ -105,6 +105,28 @@ class SpeechSettings(BaseModel):
     transcript: bool = False
 
 
+class RecognizerSettings(BaseModel):
+    """Offline speech recognition (Whisper on the CPU; the ``asr`` extra, docs/recognizer.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Off by default: the server loads no recognizer (and none of its memory) unless asked.
+    enabled: bool = False
+    # A CTranslate2 Whisper model directory (any faster-whisper model); by default the
+    # Whisper-base that the asr extra installs.
+    model_path: Path | None = None
+    # CTranslate2's weight type on the CPU: int8 is the fastest.
+    compute_type: Literal["int8", "int8_float32", "int16", "float32"] = "int8"
+    # CPU threads of one transcription; 0: the library's default (4).
+    threads: int = Field(default=0, ge=0)
+    # 1 decodes greedily, the fastest on a CPU; 5 is Whisper's own beam search (slower, rarely
+    # better on clear speech).
+    beam_size: int = Field(default=1, ge=1, le=16)
+    # Transcriptions running at once (each one more loads another copy of the model); more
+    # wait their turn.
+    concurrency: int = Field(default=1, ge=1)
+
+
 class MediaSettings(BaseModel):
     """Fetching and decoding of image, audio and video input."""
 
@@ -311,6 +333,7 @@ class Settings(BaseSettings):
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    recognizer: RecognizerSettings = Field(default_factory=RecognizerSettings)
     transformers: TransformersSettings = Field(default_factory=TransformersSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     accounts: AccountsSettings = Field(default_factory=AccountsSettings)

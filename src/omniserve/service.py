@@ -20,6 +20,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -44,6 +45,9 @@ from omniserve.protocol.validate import RequestValidator, ValidatedRequest
 from omniserve.speech import Synthesizer, chunk_bytes_for, make_synthesizer, speak_along
 from omniserve.tokens import QwenTokenizer, get_tokenizer
 from omniserve.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from omniserve.speech.recognizer import Recognizer
 
 log = logging.getLogger("omniserve")
 
@@ -75,6 +79,8 @@ class ChatService:
         self._parse_limiter: anyio.CapacityLimiter | None = None
         self.accounts: Accounts | None = None
         self.metrics: Metrics | None = None
+        # The offline speech recognizer (``[recognizer] enabled``), loaded by ``start``.
+        self.recognizer: Recognizer | None = None
 
     def attach(self, accounts: Accounts, metrics: Metrics | None) -> None:
         """The server's accounts (keys, limits, ledger) and metrics, which every request is
@@ -101,6 +107,12 @@ class ChatService:
         if self.ready:
             return
         await self.check()  # before the weights load: a missing voice fails at once
+        recognizer = self.settings.recognizer
+        if recognizer.enabled and self.recognizer is None:
+            from omniserve.speech.recognizer import Recognizer
+
+            cache = self.settings.accounts.data_dir.expanduser() / "models"
+            self.recognizer = await anyio.to_thread.run_sync(Recognizer.load, recognizer, cache)
         await self.engine.start()
         self.ready = True
 

@@ -597,3 +597,50 @@ def test_the_vendor_sdk_voice_flow(server: LiveServer) -> None:
     assert types[2:4] == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"]
     assert recorder.events[1]["session"]["turn_detection"]["threshold"] == 0.2
     assert recorder.events[-2]["response"]["status"] == "completed"
+
+
+# -- the user's transcript -------------------------------------------------------------------
+
+
+def events_until_both(client: Client, *kinds: str) -> list[dict[str, Any]]:
+    """Events until one of each of ``kinds`` has come (in any order)."""
+    events: list[dict[str, Any]] = []
+    while not all(any(e["type"] == k for e in events) for k in kinds):
+        events.append(client.next())
+    return events
+
+
+def test_the_users_words_come_from_the_servers_recognizer() -> None:
+    with live_server(fast_settings(recognizer={"enabled": True})) as hearing:
+        client = Client(hearing)
+        client.send(
+            "session.update",
+            session={"input_audio_transcription": {"model": "gummy-realtime-v1", "language": "en"}},
+        )
+        assert client.next()["session"]["input_audio_transcription"] == {
+            "model": "gummy-realtime-v1"
+        }
+        client.say(silence(300) + QUESTION + silence(1000))
+        done = "conversation.item.input_audio_transcription.completed"
+        events = events_until_both(client, "response.done", done)
+        committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
+        heard = next(e for e in events if e["type"] == done)
+        assert heard["item_id"] == committed["item_id"] and heard["content_index"] == 0
+        words = heard["transcript"].lower()
+        assert "capital" in words and "france" in words, words
+        client.close()
+
+
+def test_a_transcript_asked_of_a_server_without_a_recognizer_fails_clearly(
+    server: LiveServer,
+) -> None:
+    client = Client(server)
+    client.send("session.update", session={"input_audio_transcription": {"model": None}})
+    client.next()
+    client.say(silence(300) + QUESTION + silence(1000))
+    failed = "conversation.item.input_audio_transcription.failed"
+    events = events_until_both(client, "response.done", failed)
+    error = next(e for e in events if e["type"] == failed)["error"]
+    assert error["code"] == "transcription_unavailable" and "recognizer" in error["message"]
+    assert events[-1]["type"] in ("response.done", failed)
+    client.close()

@@ -205,6 +205,12 @@ def test_ga_session_shape_and_bad_fields(server: LiveServer) -> None:
         assert error["type"] == "error" and error["error"]["param"] == param, (bad, error)
     raw.send("output_audio_buffer.clear")
     assert raw.next()["type"] == "error"
+    raw.send(
+        "session.update",
+        session={"audio": {"input": {"transcription": {"model": "whisper-1", "language": "en"}}}},
+    )
+    updated = raw.next()["session"]
+    assert updated["audio"]["input"]["transcription"] == {"model": "whisper-1"}
     raw.ws.close()
 
 

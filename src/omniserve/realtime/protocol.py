@@ -85,6 +85,8 @@ class SessionConfig:
     input_audio_format: str = "pcm16"
     output_audio_format: str = "pcm24"
     transcription_model: str | None = None
+    transcription_language: str | None = None
+    transcription_prompt: str | None = None
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     temperature: float | None = None
     top_p: float | None = None
@@ -241,6 +243,14 @@ def apply_update(config: SessionConfig, session: Any, spec: ModelSpec) -> Sessio
         changes["transcription_model"] = (
             (asked.get("model") or "gummy-realtime-v1") if asked else None
         )
+        for key in ("language", "prompt"):
+            value = asked.get(key) if asked else None
+            if value is not None and not isinstance(value, str):
+                raise RealtimeError(
+                    f"Invalid input_audio_transcription.{key}: it must be a string.",
+                    param=f"session.input_audio_transcription.{key}",
+                )
+            changes[f"transcription_{key}"] = value or None
     if "turn_detection" in session:
         changes["turn_detection"] = _turn_detection(session["turn_detection"], config)
     for key, low, high, open_high in (

@@ -61,6 +61,7 @@ class Turn:
     audio: bytes = b""  # user speech, PCM16 16 kHz
     images: list[bytes] = field(default_factory=list)  # JPEG (or PNG), shown with the turn
     audio_ms: int = 0  # an answer's speech sent, in milliseconds
+    transcript: str | None = None  # a spoken turn's words, when the session transcribes
 
 
 class RealtimeSession:
@@ -96,6 +97,7 @@ class RealtimeSession:
         self.turns: list[Turn] = []
         self.response: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None  # why the last response was cancelled
+        self.transcribing: set[asyncio.Task[None]] = set()
         self.finished = False
         self.dialect: Dialect = dialect or VendorDialect()
         self.dialect.bind(
@@ -334,6 +336,54 @@ class RealtimeSession:
                 "content": [{"type": "input_audio", "transcript": None}],
             },
         )
+        if self.config.transcription_model:
+            task = asyncio.create_task(self._transcribe(turn))
+            self.transcribing.add(task)
+            task.add_done_callback(self.transcribing.discard)
+
+    async def _transcribe(self, turn: Turn) -> None:
+        """The user's words of a spoken turn, from the server's speech recognizer (a model of
+        its own: they may differ from what the answering model understood)."""
+        ids = {"item_id": turn.item_id, "content_index": 0}
+        recognizer = self.service.recognizer
+        if recognizer is None:
+            await self.send(
+                "conversation.item.input_audio_transcription.failed",
+                **ids,
+                error={
+                    "type": "server_error",
+                    "code": "transcription_unavailable",
+                    "message": "This server has no speech recognizer: start it with "
+                    "[recognizer] enabled = true (pip install 'omniserve[asr]').",
+                    "param": None,
+                },
+            )
+            return
+        c = self.config
+        try:
+            heard = await recognizer.transcribe_async(
+                turn.audio, INPUT_RATE, c.transcription_language, c.transcription_prompt
+            )
+        except ValueError as exc:  # a language the recognizer does not know
+            await self.send(
+                "conversation.item.input_audio_transcription.failed",
+                **ids,
+                error={
+                    "type": "invalid_request_error",
+                    "code": "invalid_value",
+                    "message": str(exc),
+                    "param": "session.input_audio_transcription.language",
+                },
+            )
+            return
+        turn.transcript = heard.text
+        if heard.text:
+            await self.send(
+                "conversation.item.input_audio_transcription.delta", **ids, delta=heard.text
+            )
+        await self.send(
+            "conversation.item.input_audio_transcription.completed", **ids, transcript=heard.text
+        )
 
     async def _clear(self, event: dict[str, Any]) -> None:
         self.audio, self.audio_start, self.images = bytearray(), self.clock, []
@@ -494,7 +544,10 @@ class RealtimeSession:
         self.finished = True
 
     async def close(self) -> None:
-        """Stops the response in progress (its request is settled)."""
+        """Stops the response in progress (its request is settled) and the transcriptions
+        (a transcription already on a worker thread ends there; nothing more is sent)."""
+        for task in list(self.transcribing):
+            task.cancel()
         await self._stop_response()
 
     # -- a response ------------------------------------------------------------------------
