@@ -113,6 +113,7 @@ class ChatService:
 
             cache = self.settings.accounts.data_dir.expanduser() / "models"
             self.recognizer = await anyio.to_thread.run_sync(Recognizer.load, recognizer, cache)
+            self.engine.use_recognizer(self.recognizer)
         await self.engine.start()
         self.ready = True
 

@@ -628,6 +628,10 @@ def test_the_users_words_come_from_the_servers_recognizer() -> None:
         assert heard["item_id"] == committed["item_id"] and heard["content_index"] == 0
         words = heard["transcript"].lower()
         assert "capital" in words and "france" in words, words
+        # The emulator says what it heard too, in the language it heard.
+        answer = next(e for e in events if e["type"] == "response.audio_transcript.done")
+        assert "In it I heard: " in answer["transcript"]
+        assert "capital" in answer["transcript"].lower()
         client.close()
 
 

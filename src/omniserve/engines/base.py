@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 from omniserve.catalog import Catalog, ModelSpec
 from omniserve.events import EngineEvent
 from omniserve.job import BILLING, GenerationJob, MediaAccounting
+
+if TYPE_CHECKING:
+    from omniserve.speech.recognizer import Recognizer
 
 
 class Engine(ABC):
@@ -54,3 +58,6 @@ class Engine(ABC):
     def queue_depth(self) -> int:
         """Requests waiting for the engine (not the running ones)."""
         return 0
+
+    def use_recognizer(self, recognizer: Recognizer) -> None:  # noqa: B027 (a default)
+        """The server's offline speech recognizer, for an engine that has a use for it."""

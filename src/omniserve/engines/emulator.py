@@ -2,7 +2,9 @@
 
 Its reply is a function of the normalized request and the seed: it says what it received, in the
 language of the last user message, streamed token by token with the real Qwen vocabulary, with
-optional pacing so clients meet realistic streams. Speech comes from ``omniserve.speech``.
+optional pacing so clients meet realistic streams. Speech comes from ``omniserve.speech``. With
+the server's speech recognizer it also says what it heard in the last user turn's audio (the
+words are Whisper's: deterministic for the same audio, on the same machine).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncGenerator, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from omniserve.catalog import Language
 from omniserve.config import EmulatorSettings
@@ -35,6 +40,9 @@ from omniserve.job import (
 from omniserve.speech.language import detect_language
 from omniserve.tokens import QwenTokenizer
 
+if TYPE_CHECKING:
+    from omniserve.speech.recognizer import Recognizer
+
 
 def last_user_text(job: GenerationJob) -> str:
     for message in reversed(job.messages):
@@ -43,12 +51,12 @@ def last_user_text(job: GenerationJob) -> str:
     return ""
 
 
-def media_facts(item: MediaItem) -> MediaFacts:
+def media_facts(item: MediaItem, heard: str = "") -> MediaFacts:
     d = item.decoded
     if isinstance(d, ImageInput):
         return MediaFacts("image", d.tokens, d.source_width, d.source_height)
     if isinstance(d, AudioInput):
-        return MediaFacts("audio", d.tokens, seconds=d.seconds)
+        return MediaFacts("audio", d.tokens, seconds=d.seconds, heard=heard)
     if isinstance(d, VideoInput):
         return MediaFacts(
             "frames" if d.format == "frames" else "video",
@@ -62,13 +70,15 @@ def media_facts(item: MediaItem) -> MediaFacts:
     return MediaFacts(item.modality, 0, frames=item.frames)
 
 
-def received_from(job: GenerationJob) -> Received:
+def received_from(job: GenerationJob, heard: dict[int, str] | None = None) -> Received:
+    """The facts of ``job``; ``heard``: the words of audio items, by ``id()`` of the item."""
+    heard = heard or {}
     roles = [m.role for m in job.messages]
     inputs: dict[str, int] = {}
     for message in job.messages:
         for item in message.media:
             inputs[item.modality] = inputs.get(item.modality, 0) + 1
-    media = tuple(media_facts(i) for m in job.messages for i in m.media)
+    media = tuple(media_facts(i, heard.get(id(i), "")) for m in job.messages for i in m.media)
     return Received(
         model=job.model_name,
         messages=len(roles),
@@ -116,13 +126,34 @@ class EmulatorEngine(Engine):
     def __init__(self, settings: EmulatorSettings, tokenizer: QwenTokenizer) -> None:
         self.settings = settings
         self.tokenizer = tokenizer
+        self.recognizer: Recognizer | None = None
 
-    def language_of(self, job: GenerationJob) -> Language:
-        return detect_language(last_user_text(job), allowed=job.model.output_languages)
+    def use_recognizer(self, recognizer: Recognizer) -> None:
+        """With a recognizer, a reply says what it heard in the last user turn's audio."""
+        self.recognizer = recognizer
+
+    def language_of(self, job: GenerationJob, heard: str = "") -> Language:
+        text = last_user_text(job) or heard
+        return detect_language(text, allowed=job.model.output_languages)
+
+    async def _hear(self, job: GenerationJob) -> dict[int, str]:
+        """The words of the audio clips of the last user message (earlier turns were heard
+        when they were answered), by ``id()`` of their items."""
+        if self.recognizer is None:
+            return {}
+        last = next((m for m in reversed(job.messages) if m.role == "user"), None)
+        heard: dict[int, str] = {}
+        for item in last.media if last else ():
+            d = item.decoded
+            if isinstance(d, AudioInput) and len(d.samples):
+                pcm = (np.clip(d.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+                heard[id(item)] = (await self.recognizer.transcribe_async(pcm)).text
+        return heard
 
     async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
-        received = received_from(job)
-        language = self.language_of(job)
+        heard = await self._hear(job)
+        received = received_from(job, heard)
+        language = self.language_of(job, " ".join(heard.values()))
         answer = compose_answer(received, language, closing=request_digest(job))
         pacer = _Pacer(self.settings.tokens_per_second, self.settings.first_token_ms / 1000)
         await pacer.first()

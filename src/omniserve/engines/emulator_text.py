@@ -22,6 +22,7 @@ class MediaFacts:
     seconds: float = 0.0
     frames: int = 0
     audio_tokens: int = 0  # a video file's soundtrack
+    heard: str = ""  # an audio clip's words, from the server's speech recognizer
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Phrases:
     video_item: str = "Video {n}: {seconds} seconds, {frames} frames, {tokens} tokens."
     frames_item: str = "Video {n}: a list of {frames} images, {tokens} tokens."
     soundtrack: str = "Its sound: {audio} audio tokens."
+    heard: str = "In it I heard: {text}."
     quote: tuple[str, str] = ("\u201c", "\u201d")
     sep: str = " "
 
@@ -99,6 +101,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="视频 {n}：{seconds} 秒，抽取 {frames} 帧，{tokens} 个 token。",
         frames_item="视频 {n}：由 {frames} 张图片组成，{tokens} 个 token。",
         soundtrack="其中的声音：{audio} 个音频 token。",
+        heard="我听到的是：{text}。",
         greeting="你好！",
         intro="这里是 omniserve 的离线模拟引擎，正在代替 {model} 回答。",
         received=(
@@ -130,6 +133,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="Vidéo {n} : {seconds} secondes, {frames} images, {tokens} jetons.",
         frames_item="Vidéo {n} : une liste de {frames} images, {tokens} jetons.",
         soundtrack="Son : {audio} jetons audio.",
+        heard="J'y ai entendu : {text}.",
         greeting="Bonjour !",
         intro="Ici l'émulateur hors ligne d'omniserve, qui répond à la place de {model}.",
         received=(
@@ -161,6 +165,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="Video {n}: {seconds} Sekunden, {frames} Bilder, {tokens} Token.",
         frames_item="Video {n}: eine Liste von {frames} Bildern, {tokens} Token.",
         soundtrack="Ton: {audio} Audio-Token.",
+        heard="Darin habe ich gehört: {text}.",
         greeting="Hallo!",
         intro="Hier spricht der Offline-Emulator von omniserve anstelle von {model}.",
         received=(
@@ -192,6 +197,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="Видео {n}: {seconds} с, кадров: {frames}, токенов: {tokens}.",
         frames_item="Видео {n}: список из {frames} изображений, токенов: {tokens}.",
         soundtrack="Звук: аудиотокенов {audio}.",
+        heard="В нём я услышал: {text}.",
         greeting="Здравствуйте!",
         intro="Это офлайн-эмулятор omniserve, он отвечает вместо {model}.",
         received=(
@@ -225,6 +231,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="Video {n}: {seconds} secondi, {frames} fotogrammi, {tokens} token.",
         frames_item="Video {n}: una lista di {frames} immagini, {tokens} token.",
         soundtrack="Audio della traccia: {audio} token audio.",
+        heard="Ho sentito: {text}.",
         greeting="Ciao!",
         intro="Sono l'emulatore offline di omniserve e rispondo al posto di {model}.",
         received=(
@@ -256,6 +263,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="Vídeo {n}: {seconds} segundos, {frames} fotogramas, {tokens} tokens.",
         frames_item="Vídeo {n}: una lista de {frames} imágenes, {tokens} tokens.",
         soundtrack="Su sonido: {audio} tokens de audio.",
+        heard="Escuché: {text}.",
         greeting="¡Hola!",
         intro="Soy el emulador sin conexión de omniserve y respondo en lugar de {model}.",
         received=(
@@ -288,6 +296,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="Vídeo {n}: {seconds} segundos, {frames} quadros, {tokens} tokens.",
         frames_item="Vídeo {n}: uma lista de {frames} imagens, {tokens} tokens.",
         soundtrack="Seu som: {audio} tokens de áudio.",
+        heard="Ouvi: {text}.",
         greeting="Olá!",
         intro="Aqui é o emulador offline do omniserve, respondendo no lugar de {model}.",
         received=(
@@ -319,6 +328,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="動画 {n}：{seconds} 秒、{frames} フレーム、{tokens} トークン。",
         frames_item="動画 {n}：{frames} 枚の画像のリスト、{tokens} トークン。",
         soundtrack="その音声：{audio} 音声トークン。",
+        heard="聞き取った言葉：{text}。",
         greeting="こんにちは！",
         intro="こちらは omniserve のオフラインエミュレーターで、{model} の代わりに応答しています。",
         received=(
@@ -351,6 +361,7 @@ PHRASES: dict[Language, Phrases] = {
         video_item="동영상 {n}: {seconds}초, 프레임 {frames}개, 토큰 {tokens}개.",
         frames_item="동영상 {n}: 이미지 {frames}장 목록, 토큰 {tokens}개.",
         soundtrack="소리: 오디오 토큰 {audio}개.",
+        heard="들린 말: {text}.",
         greeting="안녕하세요!",
         intro="omniserve의 오프라인 에뮬레이터가 {model} 대신 답하고 있습니다.",
         received=(
@@ -444,6 +455,8 @@ def _media_sentences(media: tuple[MediaFacts, ...], p: Phrases) -> list[str]:
         )
         if m.audio_tokens:
             out.append(p.soundtrack.format(audio=m.audio_tokens))
+        if m.heard:
+            out.append(p.heard.format(text=f"{p.quote[0]}{m.heard}{p.quote[1]}"))
     return out
 
 
