@@ -229,6 +229,30 @@ def test_a_text_turn_in_a_text_only_session_and_its_ledger_row(server: LiveServe
     assert server.accounts.writer is not None and server.accounts.writer.flush()
 
 
+def test_a_conversation_longer_than_the_models_input_leaves_out_its_oldest_turns(
+    server: LiveServer,
+) -> None:
+    ws = websocket.create_connection(url(server, "qwen-omni-turbo-realtime"), timeout=30)
+    assert json.loads(ws.recv())["type"] == "session.created"
+    ws.send(json.dumps({"type": "session.update", "session": {"modalities": ["text"]}}))
+    json.loads(ws.recv())
+    for n in range(8):  # about 6,000 tokens each: 48,000 in all, over turbo's 30,720
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": f"turn {n} " + "hello " * 6000}],
+        }
+        ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        assert json.loads(ws.recv())["type"] == "conversation.item.created"
+    ws.send(json.dumps({"type": "response.create"}))
+    while (event := json.loads(ws.recv()))["type"] != "response.done":
+        assert event["type"] != "error", event
+    response = event["response"]
+    assert response["status"] == "completed"
+    assert 20_000 < response["usage"]["input_tokens"] <= 30_720
+    ws.close()
+
+
 def test_cancelling_an_answer_keeps_what_was_sent(server: LiveServer) -> None:
     with live_server(fast_settings(emulator={"tokens_per_second": 20})) as slow:
         client = Client(slow)

@@ -25,12 +25,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from omniserve.accounts.auth import Caller
 from omniserve.catalog import ModelSpec, RealtimeModel
 from omniserve.config import RealtimeSettings
 from omniserve.errors import ApiError
 from omniserve.events import AudioDelta, Finished, TextDelta
 from omniserve.job import Usage, new_request_id
+from omniserve.media.policy import MediaPolicy, policy_for
 from omniserve.realtime.dialect import Dialect, SessionView, VendorDialect
 from omniserve.realtime.protocol import (
     INPUT_RATE,
@@ -560,7 +563,7 @@ class RealtimeSession:
         messages: list[dict[str, Any]] = []
         if instructions:
             messages.append({"role": "system", "content": instructions})
-        for turn in turns:
+        for turn in self._in_context(turns, instructions, modalities):
             if turn.role != "user" or not (turn.audio or turn.images):
                 messages.append({"role": turn.role, "content": turn.text})
                 continue
@@ -603,6 +606,32 @@ class RealtimeSession:
             if value is not None:
                 body[key] = value
         return json.dumps(body).encode()
+
+    def _in_context(
+        self, turns: tuple[Turn, ...], instructions: str, modalities: tuple[str, ...]
+    ) -> tuple[Turn, ...]:
+        """The latest turns that fit the model's input limit: in a long session the oldest
+        are left out of the prompt (they stay in the conversation), as OpenAI's automatic
+        truncation does; the last turn always goes (if it alone is too long, the answer is
+        refused as any request would be)."""
+        tokenizer = self.service.tokenizer
+        policy = policy_for(self.spec, self.service.engine.media_accounting(self.spec))
+        budget = self.spec.mode_limits(False).max_input * 95 // 100 - tokenizer.count(instructions)
+        if "audio" in modalities:
+            budget -= self.spec.tokens.audio_output_prompt_tokens
+        kept: list[Turn] = []
+        used = 0
+        for turn in reversed(turns):
+            cost = 8 + tokenizer.count(turn.text)  # the message's own tokens, and its text
+            if turn.audio and turn.role == "user":
+                cost += policy.audio_tokens(len(turn.audio) / 2 / INPUT_RATE)
+            for image in turn.images if turn.role == "user" else ():
+                cost += _image_tokens(image, policy)
+            if kept and used + cost > budget:
+                break
+            kept.append(turn)
+            used += cost
+        return tuple(reversed(kept))
 
     async def _respond(self, modalities: tuple[str, ...], instructions: str) -> None:
         audio_out = "audio" in modalities
@@ -824,3 +853,14 @@ def _image_url(value: Any) -> bytes:
     if not (image.startswith(b"\xff\xd8") or image.startswith(b"\x89PNG")):
         raise RealtimeError("The image must be a JPEG or PNG.", param="item.content.image_url")
     return image
+
+
+def _image_tokens(image: bytes, policy: MediaPolicy) -> int:
+    """An image's tokens from its header (no pixels decoded); the most a model takes when the
+    header cannot be read."""
+    try:
+        with Image.open(io.BytesIO(image)) as img:
+            width, height = img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return policy.image_max_tokens + policy.image_extra_tokens
+    return policy.image_tokens(*policy.image_size(height, width))
