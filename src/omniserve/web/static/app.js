@@ -2,6 +2,7 @@
 
 import { ApiError, getJson, listModels, streamChat } from "./api.js";
 import { PcmPlayer, Recorder, base64ToBytes, toWav16k, wavBlob } from "./audio.js";
+import { $, el } from "./dom.js";
 import {
   AttachError,
   combine,
@@ -12,8 +13,8 @@ import {
   userContent,
   withinRequestLimits,
 } from "./media.js";
+import { TalkSession, realtimeModelFor } from "./talk.js";
 
-const $ = (id) => document.getElementById(id);
 const KEY_STORE = "omniserve.apiKey"; // session storage: gone when the tab closes
 const PREFS_STORE = "omniserve.playground"; // local storage: picks, never the key
 const THEMES = ["system", "light", "dark"];
@@ -31,6 +32,7 @@ const state = {
   controller: null,
   audioCtx: null,
   player: null,
+  talk: null, // the Talk session, while one runs
 };
 
 // What happened when, for the tests and for anyone curious in the browser's console.
@@ -54,17 +56,6 @@ function savePrefs() {
   } catch {
     // storage full or disabled: the picks just do not persist
   }
-}
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (name === "class") node.className = value;
-    else if (name === "text") node.textContent = value;
-    else if (value !== null && value !== undefined && value !== false) node.setAttribute(name, value);
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
 }
 
 function announce(text) {
@@ -141,6 +132,11 @@ function selectModel() {
   if (model.thinking) limits.push("thinking");
   if (!model.audio_output) limits.push("no speech");
   $("model-info").textContent = limits.join(" · ");
+  const realtime = realtimeModelFor(model);
+  $("talk").disabled = !realtime;
+  $("talk").title = realtime
+    ? `A spoken conversation with ${realtime}, hands-free: the server hears when you stop`
+    : "Talk needs a model with a realtime API: qwen3-omni-flash or qwen-omni-turbo.";
 
   const voices = model.voice_details || [];
   const select = $("voice");
@@ -420,7 +416,7 @@ function setBusy(busy) {
 }
 
 async function send() {
-  if (state.controller) return;
+  if (state.controller || state.talk) return;
   const model = state.model;
   if (!model) {
     notice("No model is loaded yet.");
@@ -589,6 +585,7 @@ function stop() {
 }
 
 function clearConversation() {
+  if (state.talk) state.talk.stop();
   stop();
   state.history = [];
   state.conversation += 1;
@@ -600,6 +597,82 @@ function clearConversation() {
   $("empty").hidden = false;
   announce("Conversation cleared.");
   $("prompt").focus();
+}
+
+// ---- Talk ----------------------------------------------------------------------------------
+
+/** The typed conversation's text, which a Talk session starts from (the realtime API takes
+ * text items; media stay with the typed conversation). */
+function historyText() {
+  const out = [];
+  for (const message of state.history) {
+    const text = typeof message.content === "string"
+      ? message.content
+      : message.content.filter((p) => p.type === "text").map((p) => p.text).join("\n");
+    if (text.trim()) out.push({ role: message.role, text });
+  }
+  return out;
+}
+
+function setTalking(on) {
+  const button = $("talk");
+  button.textContent = on ? "End talk" : "Talk";
+  button.setAttribute("aria-pressed", String(on));
+  button.classList.toggle("talking", on);
+  $("composer").classList.toggle("talking", on);
+  $("talk-panel").hidden = !on;
+  // The session is set up from these when it starts; they wait until it ends.
+  for (const id of ["model", "voice", "thinking", "system"]) $(id).disabled = on;
+  for (const radio of document.querySelectorAll("input[name=output]")) radio.disabled = on;
+  if (!on) {
+    $("model").disabled = state.models.length === 0;
+    $("thinking").disabled = !(state.model && state.model.thinking);
+    document.querySelector("input[name=output][value=text]").disabled = false;
+    updateModes();
+  }
+}
+
+function toggleTalk() {
+  if (state.talk) {
+    state.talk.stop();
+    return;
+  }
+  const realtime = realtimeModelFor(state.model);
+  if (!realtime) {
+    notice("Talk needs a model with a realtime API: pick qwen3-omni-flash or qwen-omni-turbo.");
+    return;
+  }
+  if (state.controller) {
+    notice("Wait for the reply to finish, or stop it, before you talk.");
+    return;
+  }
+  if (recorder.recording) {
+    notice("Stop the recording first.");
+    return;
+  }
+  notice("");
+  const ctx = ensureAudio();
+  stopLiveAudio();
+  const talk = new TalkSession({
+    ctx,
+    key: state.key,
+    model: realtime,
+    voice: speaking() ? $("voice").value : null,
+    instructions: $("system").value.trim(),
+    history: historyText(),
+    notice,
+    onEnd: (reason) => {
+      if (state.talk === talk) state.talk = null;
+      setTalking(false);
+      announce("Talk ended.");
+      if (reason) notice(reason.message || String(reason));
+      if (needsKey(reason)) openKeyDialog(reason.message);
+      else $("talk").focus();
+    },
+  });
+  state.talk = talk;
+  setTalking(true);
+  talk.start();
 }
 
 // ---- wiring ------------------------------------------------------------------------------
@@ -657,6 +730,7 @@ function wire() {
     $("file").value = "";
   });
   $("record").addEventListener("click", toggleRecording);
+  $("talk").addEventListener("click", toggleTalk);
   document.addEventListener("dragover", (e) => {
     e.preventDefault();
     document.body.classList.add("dragging");

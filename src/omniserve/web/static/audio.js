@@ -1,6 +1,6 @@
 // Speech out and speech in: gapless playback of the stream's PCM16 24 kHz chunks, WAV files of
-// a reply, and microphone recordings turned into 16 kHz mono WAV (a format the API accepts,
-// whatever container the browser records in).
+// a reply, microphone recordings turned into 16 kHz mono WAV (a format the API accepts,
+// whatever container the browser records in), and the live microphone as 16 kHz PCM16 chunks.
 
 export const OUTPUT_RATE = 24000;
 const INPUT_RATE = 16000;
@@ -20,6 +20,7 @@ export class PcmPlayer {
     this.carry = null; // an odd trailing byte, joined to the next chunk
     this.firstStart = null; // audio-clock time the first chunk starts at
     this.underruns = 0;
+    this.chunks = 0; // chunks scheduled
     this.stopped = false;
   }
 
@@ -55,6 +56,7 @@ export class PcmPlayer {
       source.addEventListener("ended", () => this.trace("audio-first-chunk-played", {}));
     }
     this.next += buffer.duration;
+    this.chunks += 1;
     this.sources.add(source);
     source.addEventListener("ended", () => this.sources.delete(source));
   }
@@ -88,6 +90,15 @@ export function pcm16ToFloat(bytes) {
   const out = new Float32Array(bytes.byteLength >> 1);
   for (let i = 0; i < out.length; i++) out[i] = view.getInt16(i * 2, true) / 32768;
   return out;
+}
+
+/** Base64 of bytes, in slices (one call per byte would be slow, one call for all may overflow). */
+export function bytesToBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
 }
 
 export function base64ToBytes(text) {
@@ -144,6 +155,8 @@ export async function toWav16k(blob) {
   return { blob: wav, seconds: decoded.duration };
 }
 
+const NO_MICROPHONE = "This browser cannot record audio here (a secure origin is needed: localhost or https).";
+
 /** The microphone, recorded with MediaRecorder until stopped or ``maxSeconds`` have passed. */
 export class Recorder {
   constructor({ maxSeconds, onTick, onStop }) {
@@ -160,9 +173,7 @@ export class Recorder {
   }
 
   async start() {
-    if (!navigator.mediaDevices || !window.MediaRecorder) {
-      throw new Error("This browser cannot record audio here (a secure origin is needed: localhost or https).");
-    }
+    if (!navigator.mediaDevices || !window.MediaRecorder) throw new Error(NO_MICROPHONE);
     this.stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     const chunks = [];
     this.recorder = new MediaRecorder(this.stream);
@@ -187,5 +198,56 @@ export class Recorder {
 
   stop() {
     if (this.recording) this.recorder.stop();
+  }
+}
+
+const worklets = new WeakSet(); // contexts that have loaded the capture worklet
+
+/**
+ * The live microphone as 16 kHz PCM16 mono chunks of 100 ms (``onChunk(Uint8Array)``) and its
+ * level in [0, 1] (``onLevel``). An AudioWorklet resamples it off the main thread.
+ */
+export class Microphone {
+  static async open(ctx, { onChunk, onLevel = () => {}, onEnded = () => {} }) {
+    if (!navigator.mediaDevices || !window.AudioWorkletNode) throw new Error(NO_MICROPHONE);
+    if (!worklets.has(ctx)) {
+      await ctx.audioWorklet.addModule(new URL("./mic-worklet.js", import.meta.url));
+      worklets.add(ctx);
+    }
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+    return new Microphone(ctx, stream, { onChunk, onLevel, onEnded });
+  }
+
+  constructor(ctx, stream, { onChunk, onLevel, onEnded }) {
+    this.stream = stream;
+    this.source = ctx.createMediaStreamSource(stream);
+    this.node = new AudioWorkletNode(ctx, "microphone-chunks", { numberOfInputs: 1, numberOfOutputs: 1 });
+    // The node must reach the destination to be pulled; a silent gain keeps it inaudible.
+    this.mute = ctx.createGain();
+    this.mute.gain.value = 0;
+    this.source.connect(this.node).connect(this.mute).connect(ctx.destination);
+    this.node.port.onmessage = (event) => {
+      if (event.data.pcm) onChunk(new Uint8Array(event.data.pcm));
+      else onLevel(event.data.level);
+    };
+    this.closed = false;
+    for (const track of stream.getAudioTracks()) {
+      track.addEventListener("ended", () => {
+        if (!this.closed) onEnded();
+      });
+    }
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.node.port.postMessage("stop");
+    this.node.port.onmessage = null;
+    this.source.disconnect();
+    this.node.disconnect();
+    this.mute.disconnect();
+    this.stream.getTracks().forEach((t) => t.stop());
   }
 }
