@@ -244,6 +244,13 @@ class UpstreamSpec(BaseModel):
     health_interval_s: float = Field(default=10.0, gt=0)
     failure_threshold: int = Field(default=3, ge=1)  # consecutive failures that open the circuit
     cooldown_s: float = Field(default=10.0, gt=0)  # how long an open circuit stays open
+    # The upstream's own realtime WebSocket: realtime sessions whose chat model this upstream
+    # serves are relayed to it ("wss://dashscope.aliyuncs.com/api-ws/v1/realtime",
+    # "ws://gpu1:8091/v1/realtime"); unset, each turn is one chat request (docs/realtime.md).
+    realtime_url: str | None = None
+    # Served realtime model -> the upstream's model id there. By default Model Studio gets the
+    # served name, vLLM-Omni the id of the realtime model's chat model in ``models``.
+    realtime_models: dict[str, str] = Field(default_factory=dict)
 
     def api_key(self) -> str | None:
         """The key from its environment variable (read here, the one module that reads it)."""

@@ -7,7 +7,8 @@ The key is checked on the upgrade: a caller without a valid one gets the API's 4
 carries the vendor's JSON events; binary frames, malformed or oversize events are answered with
 an ``error`` event and the session goes on. A session ends when its client says
 ``session.finish`` or leaves, after ``realtime.max_session_s``, after ``realtime.idle_s`` of
-silence from the client, or when the server drains (an ``error`` event, then a clean close).
+silence from the client, or when the server drains (an ``error`` event, then a clean close), and
+when the upstream a relayed session runs on goes away (``realtime.relay``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from omniserve.errors import AccessDenied, ApiError, HostNotAllowed, InvalidPara
 from omniserve.metrics import Metrics
 from omniserve.realtime.dialect import Dialect, OpenAIDialect, VendorDialect
 from omniserve.realtime.protocol import RealtimeError
-from omniserve.realtime.session import RealtimeSession
+from omniserve.realtime.relay import Session, make_session
 from omniserve.service import ChatService
 
 log = logging.getLogger("omniserve.realtime")
@@ -43,7 +44,7 @@ router = APIRouter()
 class Connection:
     """One open session's socket, as the drain sees it."""
 
-    session: RealtimeSession
+    session: Session
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
@@ -138,7 +139,7 @@ async def _run(
     settings = service.settings.realtime
     address = websocket.client.host if websocket.client else ""
     connection = Connection(websocket)
-    session = connection.session = RealtimeSession(
+    session = connection.session = make_session(
         service,
         caller,
         REALTIME_MODELS[model],
@@ -146,6 +147,7 @@ async def _run(
         connection.send,
         fetching_for=f"key:{caller.key_id}" if caller.key_id else f"address:{address}",
         dialect=dialect,
+        end=connection.interrupt,  # a relayed session whose upstream went away
     )
     drain.add(connection)
     metrics.realtime_sessions.inc()

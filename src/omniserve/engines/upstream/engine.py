@@ -15,10 +15,11 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
-from omniserve.catalog import Catalog
+from omniserve.catalog import REALTIME_MODELS, Catalog, RealtimeModel
 from omniserve.config import UpstreamSettings, UpstreamSpec
 from omniserve.engines.base import Engine
 from omniserve.engines.upstream.errors import UpstreamBroken, UpstreamError, upstream_error
@@ -53,6 +54,30 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, httpx.ReadTimeout):
         return "the stream stalled"
     return "the connection broke"
+
+
+def _check_realtime(spec: UpstreamSpec) -> None:
+    """An upstream's realtime relay settings that cannot work (docs/realtime.md)."""
+    if spec.realtime_url is None:
+        if spec.realtime_models:
+            raise UpstreamConfigError(f"upstream {spec.name}: realtime_models needs realtime_url")
+        return
+    if spec.kind == "openai":
+        raise UpstreamConfigError(
+            f"upstream {spec.name}: realtime_url is for Model Studio and vLLM-Omni upstreams; "
+            "realtime sessions on an OpenAI-compatible upstream go through its chat endpoint"
+        )
+    if urlsplit(spec.realtime_url).scheme not in ("ws", "wss"):
+        raise UpstreamConfigError(
+            f"upstream {spec.name}: realtime_url must start with ws:// or wss://"
+        )
+    for served in spec.realtime_models:
+        realtime = REALTIME_MODELS.get(served)
+        if realtime is None or realtime.chat not in spec.models:
+            raise UpstreamConfigError(
+                f"upstream {spec.name}: realtime_models names {served!r}, which is not a "
+                "realtime model whose chat model this upstream serves (see docs/realtime.md)"
+            )
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:
@@ -97,6 +122,7 @@ class UpstreamEngine(Engine):
                 if served in self.routes:
                     raise UpstreamConfigError(f"{served!r} is routed to two upstreams")
                 self.routes[served] = (spec, model)
+            _check_realtime(spec)
             try:
                 self.sets[spec.name] = ReplicaSet(spec)
             except ValueError as exc:
@@ -109,6 +135,16 @@ class UpstreamEngine(Engine):
 
     def catalog(self) -> Catalog:
         return self._catalog
+
+    def realtime_upstream(self, realtime: RealtimeModel) -> tuple[UpstreamSpec, str] | None:
+        """The upstream whose own realtime endpoint serves ``realtime``'s sessions and the
+        model id to ask it for; None when they go turn by turn through the chat endpoint."""
+        route = self.routes.get(realtime.chat)
+        if route is None or route[0].realtime_url is None:
+            return None
+        spec, chat_model = route
+        default = realtime.name if spec.kind == "dashscope" else chat_model
+        return spec, spec.realtime_models.get(realtime.name, default)
 
     def speaks_for(self, job: GenerationJob) -> bool:
         """An upstream that cannot speak gets omniserve's own speech."""
