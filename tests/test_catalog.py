@@ -418,3 +418,19 @@ def test_duplicate_names_are_rejected() -> None:
         Catalog([*models, spec("qwen-omni-turbo")])
     with pytest.raises(ValueError, match="duplicate model name"):
         CATALOG.restricted_to(["qwen-omni-turbo", "qwen-omni-turbo"])
+
+
+def test_a_realtime_model_is_answered_by_the_chat_model_served() -> None:
+    from omniserve.catalog import REALTIME_MODELS
+
+    flash = REALTIME_MODELS["qwen3-omni-flash-realtime"]
+    catalog = Catalog.default()
+    assert flash.served_by(catalog) is flash  # its own snapshot
+    only_stable = catalog.restricted_to(["qwen3-omni-flash"])
+    served = flash.served_by(only_stable)
+    assert served is not None and served.chat == "qwen3-omni-flash"
+    assert flash.served_by(catalog.restricted_to(["qwen-omni-turbo"])) is None
+    turbo = REALTIME_MODELS["qwen-omni-turbo-realtime"]
+    assert turbo.served_by(catalog.restricted_to(["qwen-omni-turbo-latest"])).chat == (  # type: ignore[union-attr]
+        "qwen-omni-turbo-latest"
+    )

@@ -8,7 +8,7 @@ prices); where the vendor is silent the gap-filler is named in the field's comme
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from omniserve.errors import ModelNotFound
@@ -398,6 +398,16 @@ class RealtimeModel:
     chat: str  # the chat model each turn runs on (its limits, voices, prices)
     default_voice: str
     output_audio_format: str  # what session.created names the 24 kHz PCM16 output
+
+    def served_by(self, catalog: Catalog) -> RealtimeModel | None:
+        """This model answered by a chat model ``catalog`` serves: its own snapshot, else its
+        family's stable name (an engine of open weights serving ``qwen3-omni-flash``), or
+        None."""
+        family = self.name.split("-realtime")[0]
+        for name in (self.chat, family, f"{family}-latest"):
+            if name in catalog:
+                return self if name == self.chat else replace(self, chat=name)
+        return None
 
 
 REALTIME_MODELS: dict[str, RealtimeModel] = {

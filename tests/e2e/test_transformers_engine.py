@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import websocket
 from openai import OpenAI
 from PIL import Image
 
@@ -264,6 +265,59 @@ def test_audio_input(served: tuple[str, LiveServer]) -> None:
     tokens = reply["usage"]["prompt_tokens_details"]["audio_tokens"]
     per_second = 25 if family == QWEN25 else 13
     assert abs(tokens - 2 - 2 * per_second) <= 2, tokens
+
+
+def test_a_realtime_session_on_open_weights(served: tuple[str, LiveServer]) -> None:
+    """A realtime model is answered by the engine's own name for its family: the turn's audio
+    goes to the model natively, and the next turn sees the conversation so far."""
+    family, server = served
+    url = server.base_url.replace("http://", "ws://") + "/api-ws/v1/realtime?model="
+    if family == QWEN25:  # no realtime model is answered by Qwen2.5-Omni
+        with pytest.raises(websocket.WebSocketBadStatusException) as info:
+            websocket.create_connection(url + "qwen3-omni-flash-realtime", timeout=10)
+        assert info.value.status_code == 404
+        return
+    ws = websocket.create_connection(url + "qwen3-omni-flash-realtime", timeout=60)
+    assert json.loads(ws.recv())["type"] == "session.created"
+    ws.send(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"turn_detection": None, "max_tokens": 6, "seed": 2},
+            }
+        )
+    )
+    assert json.loads(ws.recv())["type"] == "session.updated"
+    pcm = base64.b64decode(_wav_b64(2.0))[44:]
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_audio", "audio": base64.b64encode(pcm).decode()}],
+    }
+    dones = []
+    for _ in range(2):
+        ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        assert json.loads(ws.recv())["type"] == "conversation.item.created"
+        ws.send(json.dumps({"type": "response.create"}))
+        events = []
+        while not events or events[-1]["type"] != "response.done":
+            events.append(json.loads(ws.recv()))
+            assert events[-1]["type"] != "error", events[-1]
+        assert any(e["type"] == "response.audio.delta" for e in events)
+        dones.append(events[-1]["response"])
+    ws.close()
+    first, second = (d["usage"] for d in dones)
+    assert dones[0]["status"] == "completed"
+    assert abs(first["input_tokens_details"]["audio_tokens"] - 2 - 2 * 13) <= 2
+    # The second answer heard both turns and the first answer.
+    assert (
+        second["input_tokens_details"]["audio_tokens"]
+        > first["input_tokens_details"]["audio_tokens"]
+    )
+    assert (
+        second["input_tokens"]
+        > first["input_tokens"] + first["output_tokens_details"]["text_tokens"]
+    )
 
 
 def test_video_file_with_its_soundtrack(

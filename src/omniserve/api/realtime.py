@@ -29,7 +29,7 @@ from omniserve.api.auth import KEY_PROTOCOL, guard, subprotocols
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response
 from omniserve.api.guard import answers_to, host_name
-from omniserve.catalog import REALTIME_MODELS
+from omniserve.catalog import REALTIME_MODELS, RealtimeModel
 from omniserve.errors import AccessDenied, ApiError, HostNotAllowed, InvalidParameter, ModelNotFound
 from omniserve.metrics import Metrics
 from omniserve.realtime.dialect import Dialect, OpenAIDialect, VendorDialect
@@ -61,8 +61,9 @@ class Connection:
             await self.websocket.send_text(json.dumps(event, ensure_ascii=False))
 
 
-async def _admit(websocket: WebSocket, caller: Caller) -> str:
-    """The model asked for; raises the API error that refuses the upgrade."""
+async def _admit(websocket: WebSocket, caller: Caller) -> RealtimeModel:
+    """The model asked for, with the chat model that answers it here; raises the API error
+    that refuses the upgrade."""
     accounts: Accounts = websocket.app.state.accounts
     service: ChatService = websocket.app.state.service
     if not await accounts.keys_required():
@@ -78,10 +79,11 @@ async def _admit(websocket: WebSocket, caller: Caller) -> str:
     model = websocket.query_params.get("model")
     if not model:
         raise InvalidParameter("The model query parameter is required: ?model=…", param="model")
-    realtime = REALTIME_MODELS.get(model)
-    if realtime is None or realtime.chat not in service.catalog or not caller.may_use(model):
+    known = REALTIME_MODELS.get(model)
+    realtime = known.served_by(service.catalog) if known else None
+    if realtime is None or not caller.may_use(model):
         raise ModelNotFound(model)
-    return model
+    return realtime
 
 
 KEY = Depends(guard("key"))
@@ -128,7 +130,7 @@ async def _run(
     drain: Drain,
     metrics: Metrics,
     caller: Caller,
-    model: str,
+    model: RealtimeModel,
     dialect: Dialect,
 ) -> None:
     """One admitted session, from the accepted upgrade to the close."""
@@ -142,7 +144,7 @@ async def _run(
     session = connection.session = make_session(
         service,
         caller,
-        REALTIME_MODELS[model],
+        model,
         settings,
         connection.send,
         fetching_for=f"key:{caller.key_id}" if caller.key_id else f"address:{address}",
