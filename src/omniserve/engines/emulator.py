@@ -66,6 +66,7 @@ def media_facts(item: MediaItem, heard: str = "") -> MediaFacts:
             seconds=d.seconds,
             frames=d.frame_count,
             audio_tokens=d.audio.tokens if d.audio else 0,
+            heard=heard,
         )
     return MediaFacts(item.modality, 0, frames=item.frames)
 
@@ -137,16 +138,17 @@ class EmulatorEngine(Engine):
         return detect_language(text, allowed=job.model.output_languages)
 
     async def _hear(self, job: GenerationJob) -> dict[int, str]:
-        """The words of the audio clips of the last user message (earlier turns were heard
-        when they were answered), by ``id()`` of their items."""
+        """The words of the audio clips and video soundtracks of the last user message
+        (earlier turns were heard when they were answered), by ``id()`` of their items."""
         if self.recognizer is None:
             return {}
         last = next((m for m in reversed(job.messages) if m.role == "user"), None)
         heard: dict[int, str] = {}
         for item in last.media if last else ():
             d = item.decoded
-            if isinstance(d, AudioInput) and len(d.samples):
-                pcm = (np.clip(d.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+            sound = d.audio if isinstance(d, VideoInput) else d
+            if isinstance(sound, AudioInput) and len(sound.samples):
+                pcm = (np.clip(sound.samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
                 heard[id(item)] = (await self.recognizer.transcribe_async(pcm)).text
         return heard
 
