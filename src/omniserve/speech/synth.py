@@ -195,7 +195,11 @@ def _syllables(text: str) -> list[float]:
 
 
 def make_synthesizer(settings: SpeechSettings) -> Synthesizer:
-    """The synthesizer ``settings.backend`` names."""
+    """The synthesizer ``settings.backend`` names (Kokoro's model loads in its ``check``)."""
     if settings.backend == "tone":
         return ToneSynthesizer()
+    if settings.backend == "kokoro":
+        from omniserve.speech.kokoro import KokoroSynthesizer
+
+        return KokoroSynthesizer(settings)
     return EspeakSynthesizer(settings)
