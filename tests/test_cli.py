@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from helpers import serving
@@ -48,6 +49,19 @@ def test_voices_shows_cantonese_for_rocky() -> None:
     assert result.exit_code == 0
     rocky = next(line for line in result.output.splitlines() if "Rocky" in line)
     assert "yue" in rocky and "Cantonese" in rocky
+
+
+def test_voices_says_which_voice_engine_speaks() -> None:
+    plain = runner.invoke(app, ["voices", "--model", "qwen3-omni-flash"], env={"COLUMNS": "250"})
+    assert plain.output.startswith("speech: espeak-ng") and "Kokoro" not in plain.output
+    pytest.importorskip("onnxruntime")
+    env = {"COLUMNS": "250", "OMNISERVE_SPEECH__BACKEND": "kokoro"}
+    neural = runner.invoke(app, ["voices", "--model", "qwen3-omni-flash"], env=env)
+    assert neural.exit_code == 0, neural.output
+    assert neural.output.startswith("speech: Kokoro-82M")
+    ethan = next(line for line in neural.output.splitlines() if "Ethan" in line)
+    cherry = next(line for line in neural.output.splitlines() if "Cherry" in line)
+    assert "jm_" in ethan and "jf_" in cherry  # each voice keeps its gender
 
 
 def test_voices_unknown_model() -> None:

@@ -290,6 +290,22 @@ def voices(
     from omniserve.speech.voices import voice_settings
 
     settings = _settings(config)
+    neural: list[str] = []
+    if settings.speech.backend == "kokoro":
+        from omniserve.speech.kokoro import choose_voice, voice_names
+        from omniserve.speech.synth import SpeechError
+
+        try:
+            neural = voice_names(settings.speech)
+        except SpeechError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        console.print(
+            "speech: Kokoro-82M reads Mandarin, English, French, Spanish, Italian and "
+            "Portuguese; espeak-ng the other languages"
+        )
+    else:
+        console.print(f"speech: {'espeak-ng' if settings.speech.backend == 'espeak' else 'a tone'}")
     catalog = Catalog.default(settings.flash_alias)
     if model is not None and model not in catalog:
         console.print(f"[red]error:[/red] unknown model {model!r}; see `omniserve models`")
@@ -303,6 +319,7 @@ def voices(
         "dialect",
         "languages",
         "espeak-ng (zh / en)",
+        *(["Kokoro (zh / en)"] if neural else []),
         "description",
     ):
         table.add_column(column)
@@ -320,6 +337,11 @@ def voices(
                 v.dialect or "",
                 ", ".join(LANGUAGE_NAMES[lang] for lang in v.languages),
                 f"{' '.join(zh.args())} / {' '.join(en.args())}",
+                *(
+                    [f"{choose_voice(neural, zh, 'zh')} / {choose_voice(neural, en, 'en')}"]
+                    if neural
+                    else []
+                ),
                 v.description,
             )
     console.print(table)

@@ -238,6 +238,13 @@ class KokoroSynthesizer:
             return self._model
 
 
+def voice_names(settings: SpeechSettings) -> list[str]:
+    """The Kokoro voices a server with ``settings`` has: the built-in ones and those of
+    ``kokoro_path`` (raises ``SpeechError`` when there are none)."""
+    directory = settings.kokoro_path.expanduser() if settings.kokoro_path else None
+    return sorted(_load_voices(directory))
+
+
 def choose_voice(voices: Iterable[str], voice: EspeakVoice, language: str) -> str:
     """Of ``voices`` (Kokoro names such as "zf_xiaoxiao"), the one reading ``language`` for
     ``voice``: same gender and language, else same gender, else any; then the espeak-ng
