@@ -107,6 +107,10 @@ class SpeechSettings(BaseModel):
     kokoro_threads: int = Field(default=0, ge=0)
     # Kokoro sentences inferred at once (one shared model); more wait, most urgent first.
     kokoro_concurrency: int = Field(default=1, ge=1)
+    # Quality first, never a stall: a sentence Kokoro would not finish before its audio is
+    # needed is read by espeak-ng instead (per stream, at sentence boundaries). Before a reply's
+    # first audio, this long may pass from its request.
+    kokoro_first_audio_s: float = Field(default=1.2, gt=0)
     # Synthesis processes running at once; first sentences of a reply jump the queue.
     max_concurrency: int = Field(default_factory=lambda: max(2, (os.cpu_count() or 1) * 2), ge=1)
     chunk_ms: int = Field(default=200, ge=20, le=2000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import unicodedata
 from importlib import resources
 from pathlib import Path
@@ -99,11 +100,12 @@ def test_sentences_of_several_streams_at_once_all_come_back(model: KokoroModel) 
         synth = KokoroSynthesizer(settings(kokoro_concurrency=2), model=model)
         cherry = voice_settings(VOICES["Cherry"], Language.ZH)
         ethan = voice_settings(VOICES["Ethan"], Language.EN)
+        soon = time.monotonic() + 30  # in time, whatever the machine's speed
         try:
             return await asyncio.gather(
-                synth.synthesize("你好！", cherry),
-                synth.synthesize("Hello!", ethan, deadline=0),
-                synth.synthesize("谢谢。", cherry),
+                synth.synthesize("你好！", cherry, deadline=soon + 1),
+                synth.synthesize("Hello!", ethan, deadline=soon),
+                synth.synthesize("谢谢。", cherry, deadline=soon + 1),
             )
         finally:
             await synth.close()
@@ -112,6 +114,59 @@ def test_sentences_of_several_streams_at_once_all_come_back(model: KokoroModel) 
     assert hello_zh == speak(model, "你好！", VOICES["Cherry"], Language.ZH)
     assert hello_en == speak(model, "Hello!", VOICES["Ethan"], Language.EN)
     assert 0.3 < duration_seconds(thanks) < 3.0
+
+
+def test_a_sentence_kokoro_would_read_too_late_is_read_by_espeak(model: KokoroModel) -> None:
+    """Quality first, never a stall: the deadline decides, sentence by sentence."""
+    text = "The weather is lovely today."
+    cherry = voice_settings(VOICES["Cherry"], Language.EN)
+
+    async def main() -> tuple[bytes, bytes, bytes, KokoroSynthesizer]:
+        synth = KokoroSynthesizer(settings(), model=model)
+        await synth.check()  # loaded before the clock starts
+        synth.rtf = 0.25  # a measured pace, as after a few sentences
+        try:
+            now = time.monotonic()
+            late = await synth.synthesize(text, cherry, deadline=now - 1)  # already due
+            first = await synth.synthesize(text, cherry, deadline=now, playing=False)
+            ahead = await synth.synthesize(text, cherry, deadline=time.monotonic() + 30)
+            return late, first, ahead, synth
+        finally:
+            await synth.close()
+
+    late, first, ahead, synth = asyncio.run(main())
+    assert late == espeak(text, VOICES["Cherry"], Language.EN)
+    # Before a reply's audio starts its first sentence may take kokoro_first_audio_s (1.2 s).
+    assert first == ahead == speak(model, text, VOICES["Cherry"], Language.EN)
+    assert (synth.fell_back, synth.neural) == (1, 2)
+    assert 0.05 < synth.rtf < 2.0  # measured from the sentences read
+
+
+def test_under_load_new_sentences_fall_back_and_every_one_comes_back(model: KokoroModel) -> None:
+    """Sixteen sentences due within two seconds on one Kokoro at a time: the ones it cannot
+    finish in time are read by espeak-ng, and each is due no later than asked."""
+    sentence = "Please tell me a short story about a cat and a dog."
+    ethan = voice_settings(VOICES["Ethan"], Language.EN)
+
+    async def main() -> tuple[list[tuple[bytes, float, float]], KokoroSynthesizer]:
+        synth = KokoroSynthesizer(settings(kokoro_concurrency=1), model=model)
+        await synth.check()  # loaded before the clock starts
+        synth.rtf = 0.25  # a measured pace, as after a few sentences
+
+        async def one(i: int) -> tuple[bytes, float, float]:
+            due = time.monotonic() + 0.5 + i * 0.1
+            pcm = await synth.synthesize(sentence, ethan, deadline=due)
+            return pcm, due, time.monotonic()
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(16))), synth
+        finally:
+            await synth.close()
+
+    results, synth = asyncio.run(main())
+    assert all(duration_seconds(pcm) > 1.0 for pcm, _, _ in results)
+    assert synth.neural >= 1 and synth.fell_back >= 8
+    assert synth.neural + synth.fell_back == 16
 
 
 def test_every_catalog_voice_speaks_with_a_kokoro_voice_of_its_gender(model: KokoroModel) -> None:

@@ -55,13 +55,20 @@ class ToneRecorder:
 
     delay: float = 0.0
     calls: list[tuple[str, EspeakVoice, float | None]] = field(default_factory=list)
+    playing: list[bool] = field(default_factory=list)
     running: int = 0
     peak: int = 0
 
     async def synthesize(
-        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+        self,
+        text: str,
+        voice: EspeakVoice,
+        *,
+        deadline: float | None = None,
+        playing: bool = True,
     ) -> bytes:
         self.calls.append((text, voice, deadline))
+        self.playing.append(playing)
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
@@ -170,6 +177,8 @@ def test_sentences_are_spoken_in_order_with_their_language() -> None:
     assert [voice.language for _, voice, _ in synth.calls] == ["en-us"] * 2 + [
         "cmn-latn-pinyin"
     ] * 2
+    # The synthesizer is told when the reply's audio has started (its deadlines are real then).
+    assert synth.playing[0] is False and synth.playing[-1] is True
     expected = b"".join(tone_pcm(text, voice) for text, voice, _ in synth.calls)
     assert b"".join(e.pcm for e in events if isinstance(e, AudioDelta)) == expected
 

@@ -34,6 +34,7 @@ from omniserve.config import SpeechSettings
 from omniserve.events import PCM_RATE
 from omniserve.speech.phonemes import KOKORO_LANGUAGES, VOCAB, PhonemeError, Phonemizer
 from omniserve.speech.priority import PrioritySemaphore
+from omniserve.speech.stream import estimate_seconds
 from omniserve.speech.synth import EspeakSynthesizer, SpeechError, Synthesizer
 from omniserve.speech.voices import EspeakVoice
 
@@ -175,18 +176,70 @@ class KokoroSynthesizer:
         self._slots = PrioritySemaphore(settings.kokoro_concurrency)
         self._pool = ThreadPoolExecutor(settings.kokoro_concurrency, thread_name_prefix="kokoro")
         self._loading: asyncio.Lock | None = None
+        # Keeping up: seconds of work per second of speech (measured, smoothed), and the work
+        # admitted and not yet done, in seconds.
+        self.rtf = 0.5
+        self._backlog = 0.0
+        self.neural = 0  # sentences Kokoro read
+        self.fell_back = 0  # sentences espeak-ng read because Kokoro would have been late
 
     @property
     def model(self) -> KokoroModel | None:
         return self._model
 
+    def keeps_up(self, text: str, deadline: float | None, playing: bool) -> bool:
+        """Whether Kokoro would finish ``text`` before its audio is needed: the work queued
+        ahead of it and its own, at the measured pace, against the deadline (before a reply's
+        audio has started, the deadline may slip by ``kokoro_first_audio_s``). Without a
+        deadline nothing is waiting on the audio: Kokoro reads it."""
+        if deadline is None:
+            return True
+        now = time.monotonic()
+        due = deadline
+        if not playing:
+            due += self._settings.kokoro_first_audio_s
+        own = estimate_seconds(text) * self.rtf
+        done = now + (self._backlog + own) / self._settings.kokoro_concurrency
+        return done <= due
+
     async def synthesize(
-        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+        self,
+        text: str,
+        voice: EspeakVoice,
+        *,
+        deadline: float | None = None,
+        playing: bool = True,
     ) -> bytes:
         language = KOKORO_LANGUAGES.get(voice.language)
         if language is None:
             return await self._fallback.synthesize(text, voice, deadline=deadline)
         model = await self._loaded()
+        if not self.keeps_up(text, deadline, playing):
+            # Quality first, never a stall: this sentence is read by espeak-ng, in time.
+            self.fell_back += 1
+            return await self._fallback.synthesize(text, voice, deadline=deadline)
+        own = estimate_seconds(text) * self.rtf
+        self._backlog += own
+        try:
+            pcm, work = await self._neural(model, text, voice, language, deadline)
+        finally:
+            self._backlog = max(0.0, self._backlog - own)
+        spoken = len(pcm) / 48_000
+        if work and spoken > 0.2:  # the pace of inference itself, waits left out
+            self.rtf = 0.8 * self.rtf + 0.2 * work / spoken
+        self.neural += 1
+        return pcm
+
+    async def _neural(
+        self,
+        model: KokoroModel,
+        text: str,
+        voice: EspeakVoice,
+        language: str,
+        deadline: float | None,
+    ) -> tuple[bytes, float]:
+        """The sentence read by Kokoro, and the seconds its inference took (0.0 when espeak-ng
+        read it after all)."""
         when = time.monotonic() if deadline is None else deadline
         try:
             phonemes = await self._phonemizer.phonemes(text, language, when)
@@ -195,23 +248,28 @@ class KokoroSynthesizer:
         except Exception:
             # misaki has rare inputs it cannot read (asserts, lookups): espeak-ng reads them.
             log.warning("kokoro cannot read %r; espeak-ng reads it", text, exc_info=True)
-            return await self._fallback.synthesize(text, voice, deadline=deadline)
+            return await self._fallback.synthesize(text, voice, deadline=deadline), 0.0
         if not phonemes.strip(' ;:,.!?—…"()“”'):
-            return await self._fallback.synthesize(text, voice, deadline=deadline)
+            return await self._fallback.synthesize(text, voice, deadline=deadline), 0.0
         name = model.voice_for(voice, language)
         speed = kokoro_speed(voice)
         gain = voice.amplitude / 100
         async with self._slots.slot(when):
+            began = time.monotonic()
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(self._pool, model.speak, phonemes, name, speed)
-        return pcm16(audio, gain)
+            work = time.monotonic() - began
+        return pcm16(audio, gain), work
 
     async def check(self) -> None:
         """Loads the model and Mandarin G2P and speaks a word (so the first sentence is not
         the slow one), then checks espeak-ng, which reads English phonemes and other
         languages."""
         model = await self._loaded()
-        await asyncio.to_thread(model.speak, _WARM_UP, next(iter(model.voices)))
+        began = time.monotonic()
+        audio = await asyncio.to_thread(model.speak, _WARM_UP, next(iter(model.voices)))
+        if len(audio) > 2400:  # a first measure of the pace (a short word: a rough one)
+            self.rtf = min(1.0, max(0.2, (time.monotonic() - began) * 24_000 / len(audio)))
         await self._fallback.check()
 
     async def close(self) -> None:

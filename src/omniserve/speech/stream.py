@@ -206,14 +206,14 @@ class _Speaker:
             deadline = self._base + self._planned
             estimate = estimate_seconds(sentence)
             self._planned += estimate
-            task = asyncio.create_task(self._synthesize(sentence, deadline))
+            task = asyncio.create_task(self._synthesize(sentence, deadline, self._pcm_bytes > 0))
             self._inflight.append((task, estimate, sentence))
         return bool(self._inflight)
 
-    async def _synthesize(self, sentence: str, deadline: float) -> bytes:
+    async def _synthesize(self, sentence: str, deadline: float, playing: bool) -> bytes:
         language = detect_language(sentence, allowed=self._languages)
         settings = voice_settings(self._voice, language)
-        return await self._synth.synthesize(sentence, settings, deadline=deadline)
+        return await self._synth.synthesize(sentence, settings, deadline=deadline, playing=playing)
 
 
 def estimate_seconds(sentence: str) -> float:

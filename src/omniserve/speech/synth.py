@@ -31,10 +31,16 @@ class Synthesizer(Protocol):
     """Turns one sentence into PCM16 mono 24 kHz."""
 
     async def synthesize(
-        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+        self,
+        text: str,
+        voice: EspeakVoice,
+        *,
+        deadline: float | None = None,
+        playing: bool = True,
     ) -> bytes:
         """``deadline`` (``time.monotonic()`` seconds) is when the audio is needed; the most
-        urgent sentence is synthesized first. ``None`` means now."""
+        urgent sentence is synthesized first. ``None`` means now. ``playing`` False: the reply's
+        audio has not started yet (the deadline counts from the request)."""
         ...
 
     async def check(self) -> None:
@@ -53,7 +59,12 @@ class EspeakSynthesizer:
         self._running: set[asyncio.subprocess.Process] = set()
 
     async def synthesize(
-        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+        self,
+        text: str,
+        voice: EspeakVoice,
+        *,
+        deadline: float | None = None,
+        playing: bool = True,
     ) -> bytes:
         text = espeak_text(text, voice)
         if not text:
@@ -143,7 +154,12 @@ class ToneSynthesizer:
     """
 
     async def synthesize(
-        self, text: str, voice: EspeakVoice, *, deadline: float | None = None
+        self,
+        text: str,
+        voice: EspeakVoice,
+        *,
+        deadline: float | None = None,
+        playing: bool = True,
     ) -> bytes:
         return tone_pcm(text, voice)
 
