@@ -225,8 +225,8 @@ class KokoroSynthesizer:
         finally:
             self._backlog = max(0.0, self._backlog - own)
         spoken = len(pcm) / 48_000
-        if work and spoken > 0.2:  # the pace of inference itself, waits left out
-            self.rtf = 0.8 * self.rtf + 0.2 * work / spoken
+        if work and spoken > 0.2:  # the pace of the work itself, waits left out
+            self.rtf = 0.5 * self.rtf + 0.5 * work / spoken
         self.neural += 1
         return pcm
 
@@ -238,9 +238,10 @@ class KokoroSynthesizer:
         language: str,
         deadline: float | None,
     ) -> tuple[bytes, float]:
-        """The sentence read by Kokoro, and the seconds its inference took (0.0 when espeak-ng
-        read it after all)."""
-        when = time.monotonic() if deadline is None else deadline
+        """The sentence read by Kokoro, and the seconds its phonemes and inference took, waits
+        for a slot left out (0.0 when espeak-ng read it after all)."""
+        began = time.monotonic()
+        when = began if deadline is None else deadline
         try:
             phonemes = await self._phonemizer.phonemes(text, language, when)
         except PhonemeError as exc:
@@ -254,12 +255,12 @@ class KokoroSynthesizer:
         name = model.voice_for(voice, language)
         speed = kokoro_speed(voice)
         gain = voice.amplitude / 100
+        waiting = time.monotonic()
         async with self._slots.slot(when):
-            began = time.monotonic()
+            waited = time.monotonic() - waiting
             loop = asyncio.get_running_loop()
             audio = await loop.run_in_executor(self._pool, model.speak, phonemes, name, speed)
-            work = time.monotonic() - began
-        return pcm16(audio, gain), work
+        return pcm16(audio, gain), time.monotonic() - began - waited
 
     async def check(self) -> None:
         """Loads the model and Mandarin G2P and speaks a word (so the first sentence is not
