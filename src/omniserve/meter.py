@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
 from omniserve.errors import ApiError
 from omniserve.events import (
@@ -24,6 +25,9 @@ from omniserve.job import CompletionTokens, GenerationJob, Usage
 from omniserve.logs import log_request
 from omniserve.metrics import Metrics
 from omniserve.tokens import QwenTokenizer
+
+if TYPE_CHECKING:
+    from omniserve.accounts.admission import Ticket
 
 # What an answer to a client that left is counted as (nginx's "client closed request").
 CLIENT_CLOSED = 499
@@ -139,6 +143,27 @@ class RequestMeter:
                 reasoning=counted[1],
             ),
         )
+
+    async def settle(
+        self,
+        ticket: Ticket,
+        status: str,
+        code: str | None,
+        usage: Usage,
+        finish_reason: str | None,
+    ) -> None:
+        """Settles the request's ``ticket`` (limits and ledger row) with what this meter saw,
+        then ends the meter (metrics and the log line)."""
+        await ticket.settle(
+            status,
+            code=code,
+            usage=usage,
+            finish_reason=finish_reason,
+            audio_seconds=self.audio_seconds,
+            ttft=self.ttft,
+            ttfa=self.ttfa,
+        )
+        self.end(status, code, usage, finish_reason)
 
     def end(self, status: str, code: str | None, usage: Usage, finish_reason: str | None) -> None:
         """The request is over: its metrics and its log line (once)."""

@@ -324,15 +324,4 @@ class Completion:
         if self._ended:
             return
         self._ended = True
-        usage = usage or Usage()
-        meter = self.meter
-        await self.ticket.settle(
-            status,
-            code=code,
-            usage=usage,
-            finish_reason=reason,
-            audio_seconds=meter.audio_seconds,
-            ttft=meter.ttft,
-            ttfa=meter.ttfa,
-        )
-        meter.end(status, code, usage, reason)
+        await self.meter.settle(self.ticket, status, code, usage or Usage(), reason)

@@ -8,6 +8,7 @@ the headers of each connection, the model asked for, every event, the audio.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import contextlib
@@ -98,8 +99,8 @@ def serve(app: Starlette) -> Iterator[str]:
 # -- the fakes -------------------------------------------------------------------------------
 
 
-class FakeUpstream:
-    """What both fakes record."""
+class FakeUpstream(abc.ABC):
+    """What both fakes record; each fake's ``endpoint`` speaks its upstream's protocol."""
 
     path = ""
 
@@ -121,8 +122,8 @@ class FakeUpstream:
             self.url = origin + self.path
             yield self
 
-    async def endpoint(self, ws: WebSocket) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def endpoint(self, ws: WebSocket) -> None: ...
 
     async def accept(self, ws: WebSocket) -> None:
         self.headers.append({k.lower(): v for k, v in ws.headers.items()})

@@ -10,6 +10,7 @@ Both layouts of the audio formats are accepted: the flat ``input_audio_format`` 
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 from dataclasses import dataclass, field, replace
@@ -53,6 +54,19 @@ class RealtimeError(Exception):
                 "param": self.param,
             },
         }
+
+
+def parse_event(text: str) -> dict[str, Any]:
+    """A client event's JSON, or the ``RealtimeError`` that answers a malformed one."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        raise RealtimeError("The event is not valid JSON.", code="invalid_json") from None
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise RealtimeError(
+            "An event is a JSON object with a string 'type'.", code="invalid_event", param="type"
+        )
+    return event
 
 
 @dataclass(frozen=True)

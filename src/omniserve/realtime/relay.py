@@ -47,6 +47,7 @@ from omniserve.realtime.protocol import (
     apply_update,
     initial_config,
     new_id,
+    parse_event,
 )
 from omniserve.realtime.session import RealtimeSession, Send, _base64, _usage
 from omniserve.realtime.turn_relay import TurnRelay
@@ -202,21 +203,7 @@ class UpstreamRelay:
         if self.upstream is None or self._failed or self._closing:
             return
         try:
-            event = json.loads(text)
-        except ValueError:
-            await self.error(RealtimeError("The event is not valid JSON.", code="invalid_json"))
-            return
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            await self.error(
-                RealtimeError(
-                    "An event is a JSON object with a string 'type'.",
-                    code="invalid_event",
-                    param="type",
-                )
-            )
-            return
-        try:
-            event = self.dialect.inbound(event)
+            event = self.dialect.inbound(parse_event(text))
             self._check(event)
         except RealtimeError as exc:
             await self.error(exc)

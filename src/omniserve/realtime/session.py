@@ -42,6 +42,7 @@ from omniserve.realtime.protocol import (
     apply_update,
     initial_config,
     new_id,
+    parse_event,
 )
 from omniserve.realtime.vad import SpeechStarted, SpeechStopped, TurnDetector, TurnEvent
 from omniserve.service import ChatService, Completion
@@ -141,23 +142,7 @@ class RealtimeSession:
     async def receive(self, text: str) -> None:
         """One client event; a bad one is answered with an ``error`` event."""
         try:
-            event = json.loads(text)
-        except ValueError:
-            await self.error(
-                RealtimeError("The event is not valid JSON.", code="invalid_json", param=None)
-            )
-            return
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            await self.error(
-                RealtimeError(
-                    "An event is a JSON object with a string 'type'.",
-                    code="invalid_event",
-                    param="type",
-                )
-            )
-            return
-        try:
-            event = self.dialect.inbound(event)
+            event = self.dialect.inbound(parse_event(text))
         except RealtimeError as exc:
             await self.error(exc)
             return

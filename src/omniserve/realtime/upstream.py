@@ -205,14 +205,5 @@ class RelayedResponse:
         meter = self.meter
         if usage is None:
             usage = meter.delivered(self.job, final=True) if meter.produced else Usage()
-        await self.ticket.settle(
-            status,
-            code=code,
-            usage=usage,
-            finish_reason=reason,
-            audio_seconds=meter.audio_seconds,
-            ttft=meter.ttft,
-            ttfa=meter.ttfa,
-        )
-        meter.end(status, code, usage, reason)
+        await meter.settle(self.ticket, status, code, usage, reason)
         return usage
