@@ -21,9 +21,9 @@ import json
 import logging
 import time
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -31,7 +31,7 @@ from omniserve.accounts.auth import Caller
 from omniserve.catalog import ModelSpec, RealtimeModel
 from omniserve.config import RealtimeSettings
 from omniserve.errors import ApiError
-from omniserve.events import AudioDelta, Finished, TextDelta
+from omniserve.events import AudioDelta, EngineEvent, Finished, TextDelta
 from omniserve.job import Usage, new_request_id
 from omniserve.media.policy import MediaPolicy, policy_for
 from omniserve.realtime.dialect import Dialect, SessionView, VendorDialect
@@ -66,6 +66,31 @@ class Turn:
     images: list[bytes] = field(default_factory=list)  # JPEG (or PNG), shown with the turn
     audio_ms: int = 0  # an answer's speech sent, in milliseconds
     transcript: str | None = None  # a spoken turn's words, when the session transcribes
+
+
+class Answer(Protocol):
+    """What answers one response: its events, then ``close`` once, however it ended."""
+
+    def events(self) -> AsyncIterator[EngineEvent]: ...
+
+    async def close(self, status: str, code: str | None, usage: Usage | None) -> Usage | None:
+        """Stops what is left and settles it (``status``: completed, cancelled or failed);
+        the usage the response reports."""
+        ...
+
+
+class ChatAnswer:
+    """A response answered by a chat completion of the conversation."""
+
+    def __init__(self, completion: Completion) -> None:
+        self.completion = completion
+
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return self.completion.events()
+
+    async def close(self, status: str, code: str | None, usage: Usage | None) -> Usage | None:
+        await self.completion.aclose()  # settled by the completion itself
+        return usage
 
 
 class RealtimeSession:
@@ -618,7 +643,29 @@ class RealtimeSession:
             used += cost
         return tuple(reversed(kept))
 
+    async def _open_answer(self, modalities: tuple[str, ...], instructions: str) -> Answer:
+        """The answer to the conversation so far: one chat completion (validated and admitted
+        like a request); raises the ``ApiError`` that refuses it."""
+        body = await asyncio.to_thread(self._chat_body, tuple(self.turns), modalities, instructions)
+        completion = await self.service.open(
+            self.caller,
+            body,
+            new_request_id(),
+            fetching_for=self.fetching_for,
+            conversation=True,
+        )
+        return ChatAnswer(completion)
+
+    def _reports(self, error: ApiError) -> bool:
+        """Whether a response that failed with ``error`` sends it as an ``error`` event."""
+        return True
+
+    async def _responded(self) -> None:
+        """After each response's last event."""
+
     async def _respond(self, modalities: tuple[str, ...], instructions: str) -> None:
+        """One response, in the vendor's order of events, whatever answers it
+        (``_open_answer``); what was sent stays in the conversation, cut where it stopped."""
         audio_out = "audio" in modalities
         heard_at, self.heard_at = self.heard_at, None
         response_id, item_id = new_id("resp"), new_id("item")
@@ -638,20 +685,11 @@ class RealtimeSession:
         text: list[str] = []
         audio_samples = 0
         usage: Usage | None = None
-        status = "failed"
+        status, code = "failed", "InternalError"
         started = False
-        completion: Completion | None = None
+        answer: Answer | None = None
         try:
-            body = await asyncio.to_thread(
-                self._chat_body, tuple(self.turns), modalities, instructions
-            )
-            completion = await self.service.open(
-                self.caller,
-                body,
-                new_request_id(),
-                fetching_for=self.fetching_for,
-                conversation=True,
-            )
+            answer = await self._open_answer(modalities, instructions)
             item = {
                 "id": item_id,
                 "object": "realtime.item",
@@ -660,12 +698,11 @@ class RealtimeSession:
                 "role": "assistant",
                 "content": [],
             }
+            previous = self.turns[-1].item_id if self.turns else None
             await self.send(
                 "response.output_item.added", response_id=response_id, output_index=0, item=item
             )
-            await self.send(
-                "conversation.item.created", previous_item_id=self.turns[-1].item_id, item=item
-            )
+            await self.send("conversation.item.created", previous_item_id=previous, item=item)
             await self.send(
                 "response.content_part.added",
                 **ids,
@@ -673,7 +710,7 @@ class RealtimeSession:
                 part={"type": kind, "text": ""},
             )
             started = True
-            async for event in completion.events():
+            async for event in answer.events():
                 if heard_at is not None and (
                     (audio_out and isinstance(event, AudioDelta) and event.pcm)
                     or (not audio_out and isinstance(event, TextDelta) and event.text)
@@ -699,9 +736,13 @@ class RealtimeSession:
         except asyncio.CancelledError:
             status = "cancelled"
         except ApiError as exc:
-            await self._send(
-                RealtimeError(exc.message, code=exc.code, param=exc.param, type=exc.type).event()
-            )
+            code = exc.code
+            if self._reports(exc):
+                await self._send(
+                    RealtimeError(
+                        exc.message, code=exc.code, param=exc.param, type=exc.type
+                    ).event()
+                )
         except Exception:
             log.exception("realtime response %s failed", response_id)
             await self._send(
@@ -712,13 +753,14 @@ class RealtimeSession:
                 ).event()
             )
         finally:
-            if completion is not None:
-                await completion.aclose()
-        answer = "".join(text)
+            if answer is not None:
+                usage = await answer.close(status, code, usage)
+        text_sent = "".join(text)
         # What was sent stays in the conversation as the assistant's turn, cut where it stopped.
         sent_ms = audio_samples * 1000 // OUTPUT_RATE
-        self.turns.append(Turn(item_id, "assistant", text=answer, audio_ms=sent_ms))
-        await self._close_response(base, ids, kind, answer, status, usage, started)
+        self.turns.append(Turn(item_id, "assistant", text=text_sent, audio_ms=sent_ms))
+        await self._close_response(base, ids, kind, text_sent, status, usage, started)
+        await self._responded()
 
     async def _close_response(
         self,

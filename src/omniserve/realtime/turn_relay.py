@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import math
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -43,8 +41,8 @@ from omniserve.errors import ApiError
 from omniserve.events import PCM_RATE, AudioDelta, EngineEvent, Finished, TextDelta
 from omniserve.job import CompletionTokens, PromptTokens, Usage
 from omniserve.realtime.dialect import Dialect
-from omniserve.realtime.protocol import INPUT_RATE, RealtimeError, new_id
-from omniserve.realtime.session import OUTPUT_RATE, RealtimeSession, Send, Turn
+from omniserve.realtime.protocol import INPUT_RATE, RealtimeError
+from omniserve.realtime.session import Answer, RealtimeSession, Send, Turn
 from omniserve.realtime.upstream import (
     End,
     RelayedResponse,
@@ -183,125 +181,28 @@ class TurnRelay(RealtimeSession):
 
     # -- a response --------------------------------------------------------------------------
 
-    async def _respond(self, modalities: tuple[str, ...], instructions: str) -> None:
-        """The response's events, as ``RealtimeSession`` sends them, with the answer from
-        upstream (``instructions`` are not relayed: the endpoint takes none)."""
+    async def _open_answer(self, modalities: tuple[str, ...], instructions: str) -> Answer:
+        """The user audio committed since the last response, answered upstream and booked as
+        a request of the chat model (``instructions`` are not relayed: the endpoint takes
+        none); raises the ``ApiError`` of a refused admission (that turn is dropped)."""
         audio_out = "audio" in modalities
-        heard_at, self.heard_at = self.heard_at, None
-        response_id, item_id = new_id("resp"), new_id("item")
-        base = {
-            "id": response_id,
-            "object": "realtime.response",
-            "conversation_id": self.conversation_id,
-            "modalities": list(modalities),
-            "voice": self.config.voice,
-            "output_audio_format": self.config.output_audio_format,
-        }
-        await self.send(
-            "response.created", response={**base, "status": "in_progress", "output": []}
-        )
-        kind = "audio" if audio_out else "text"
-        ids = {"response_id": response_id, "item_id": item_id, "output_index": 0}
         turns = self._pending()
         self._sent.update(t.item_id for t in turns)  # answered, or dropped when refused
         audio = b"".join(t.audio for t in turns)
-        text: list[str] = []
-        audio_samples = 0
-        usage: Usage | None = None
-        status, code = "failed", "InternalError"
-        started = False
-        books: RelayedResponse | None = None
-        try:
-            books = await RelayedResponse.admit(
-                self.service,
-                self.caller,
-                self.spec,
-                audio_seconds=len(audio) / (2 * INPUT_RATE),
-                voice=self.config.voice if audio_out else None,
-                max_tokens=self.config.max_tokens,
-            )
-            item = {
-                "id": item_id,
-                "object": "realtime.item",
-                "type": "message",
-                "status": "in_progress",
-                "role": "assistant",
-                "content": [],
-            }
-            previous = self.turns[-1].item_id if self.turns else None
-            await self.send(
-                "response.output_item.added", response_id=response_id, output_index=0, item=item
-            )
-            await self.send("conversation.item.created", previous_item_id=previous, item=item)
-            await self.send(
-                "response.content_part.added",
-                **ids,
-                content_index=0,
-                part={"type": kind, "text": ""},
-            )
-            started = True
-            answer = self._answer(audio, books.job.prompt_tokens)
-            async with contextlib.aclosing(answer) as events:
-                async for event in events:
-                    if isinstance(event, AudioDelta) and not audio_out:
-                        continue  # a text-only session: the speech is not delivered
-                    books.observe(event)
-                    if heard_at is not None and (
-                        isinstance(event, AudioDelta if audio_out else TextDelta)
-                    ):
-                        if self.service.metrics is not None:
-                            self.service.metrics.turn_latency.observe(time.monotonic() - heard_at)
-                        heard_at = None
-                    if isinstance(event, TextDelta):
-                        text.append(event.text)
-                        name = (
-                            "response.audio_transcript.delta"
-                            if audio_out
-                            else "response.text.delta"
-                        )
-                        await self.send(name, **ids, content_index=0, delta=event.text)
-                    elif isinstance(event, AudioDelta):
-                        audio_samples += len(event.pcm) // 2
-                        await self.send(
-                            "response.audio.delta",
-                            **ids,
-                            content_index=0,
-                            delta=base64.b64encode(event.pcm).decode("ascii"),
-                        )
-                    elif isinstance(event, Finished):
-                        usage = event.usage if audio_out else event.usage.with_audio_tokens(0)
-            status = "completed"
-        except asyncio.CancelledError:
-            status = "cancelled"
-        except ApiError as exc:
-            code = exc.code
-            if exc is not self._gone:  # the session's own end says that one
-                await self._send(
-                    RealtimeError(
-                        exc.message, code=exc.code, param=exc.param, type=exc.type
-                    ).event()
-                )
-        except Exception:
-            log.exception("relayed realtime response %s failed", response_id)
-            await self._send(
-                RealtimeError(
-                    "An internal error has occured, try again later or contact service support.",
-                    code="InternalError",
-                    type="internal_error",
-                ).event()
-            )
-        if books is not None:
-            booked = await books.settle(
-                _BOOKED.get(status, "error"),
-                code=None if status in _BOOKED else code,
-                usage=usage,
-                reason="stop" if status == "completed" else None,
-            )
-            usage = booked if status == "completed" else None
-        answer_text = "".join(text)
-        sent_ms = audio_samples * 1000 // OUTPUT_RATE
-        self.turns.append(Turn(item_id, "assistant", text=answer_text, audio_ms=sent_ms))
-        await self._close_response(base, ids, kind, answer_text, status, usage, started)
+        books = await RelayedResponse.admit(
+            self.service,
+            self.caller,
+            self.spec,
+            audio_seconds=len(audio) / (2 * INPUT_RATE),
+            voice=self.config.voice if audio_out else None,
+            max_tokens=self.config.max_tokens,
+        )
+        return RelayedAnswer(self._answer(audio, books.job.prompt_tokens), books, audio_out)
+
+    def _reports(self, error: ApiError) -> bool:
+        return error is not self._gone  # the session's own end says that one
+
+    async def _responded(self) -> None:
         if self._gone is not None:
             self._end(self._gone)
 
@@ -440,3 +341,31 @@ class _Speech:
     @property
     def seconds(self) -> float:
         return self.samples / PCM_RATE
+
+
+class RelayedAnswer:
+    """One upstream answer: its events observed by the response's books, settled at the end."""
+
+    def __init__(
+        self, source: AsyncGenerator[EngineEvent, None], books: RelayedResponse, audio_out: bool
+    ) -> None:
+        self._source, self._books, self._audio_out = source, books, audio_out
+
+    async def events(self) -> AsyncGenerator[EngineEvent, None]:
+        async for event in self._source:
+            if isinstance(event, AudioDelta) and not self._audio_out:
+                continue  # a text-only session: the speech is not delivered
+            if isinstance(event, Finished) and not self._audio_out:
+                event = Finished(event.reason, event.usage.with_audio_tokens(0))
+            self._books.observe(event)
+            yield event
+
+    async def close(self, status: str, code: str | None, usage: Usage | None) -> Usage | None:
+        await self._source.aclose()
+        booked = await self._books.settle(
+            _BOOKED.get(status, "error"),
+            code=None if status in _BOOKED else code,
+            usage=usage,
+            reason="stop" if status == "completed" else None,
+        )
+        return booked if status == "completed" else None
