@@ -42,6 +42,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import socket
 import statistics
@@ -110,6 +111,8 @@ class Level:
     healthz_p99: float
     client_lag_p99: float
     client_lag_max: float
+    # Sentences by (engine, why) during the level, from the server's metrics (a neural voice).
+    sentences: dict[str, int] = field(default_factory=dict)
     bisect: bool = False
 
     @property
@@ -343,6 +346,7 @@ async def measure_level(
     healthz: list[float] = []
     lag: list[float] = []
     prober = asyncio.create_task(probe(args.url, stop, healthz, lag))
+    spoken = await speech_sentences(args.url)
     before = meter.sample()
     try:
         results, elapsed = await run_level(
@@ -352,6 +356,7 @@ async def measure_level(
         after = meter.sample()
         stop.set()
         await prober
+    spoken = {k: n - spoken.get(k, 0) for k, n in (await speech_sentences(args.url)).items()}
     ok = [r for r in results if r.ok]
     ttft = [r.ttft for r in ok if r.ttft is not None]
     ttfa = [r.ttfa for r in ok if r.ttfa is not None]
@@ -390,7 +395,27 @@ async def measure_level(
         healthz_p99=percentile(healthz, 99),
         client_lag_p99=percentile(lag, 99),
         client_lag_max=max(lag, default=float("nan")),
+        sentences={k: n for k, n in spoken.items() if n},
     )
+
+
+async def speech_sentences(base: str) -> dict[str, int]:
+    """``omniserve_speech_sentences_total`` by "engine reason" (empty: not a neural voice, or
+    the metrics need a key)."""
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            reply = await client.get(f"{base}/metrics")
+    except httpx.HTTPError:
+        return {}
+    if reply.status_code != 200:
+        return {}
+    found = {}
+    for line in reply.text.splitlines():
+        if line.startswith("omniserve_speech_sentences_total{"):
+            labels, _, value = line.rpartition(" ")
+            pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            found[f"{pairs['engine']} {pairs['reason']}"] = int(float(value))
+    return found
 
 
 async def wait_quiet(meter: CpuMeter, limit_s: float) -> float:
@@ -476,6 +501,10 @@ def print_level(lv: Level) -> None:
             f"      disturbed: other work took {pct(cpu['other'])} % of a core meanwhile; "
             "rerun this level when the machine is quiet"
         )
+    if lv.sentences:
+        total = sum(lv.sentences.values())
+        parts = ", ".join(f"{k} {n}" for k, n in sorted(lv.sentences.items()))
+        print(f"      sentences read ({total}): {parts}")
     if lv.underruns:
         print(f"      playback stalled p50 {ms(lv.stall_p50)} ms, longest {ms(lv.stall_max)} ms")
     if lv.streams < lv.concurrency:

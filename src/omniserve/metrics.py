@@ -1,4 +1,4 @@
-"""Prometheus metrics, served at ``/metrics`` (admin level; see docs/observability.md).
+"""Prometheus metrics, served at ``/metrics`` (admin level; see docs/operations.md).
 
 One ``Metrics`` per application, on a registry of its own (so several apps in one process, as
 in the tests, never share counters). Every label has a bounded set of values: model names from
@@ -10,7 +10,7 @@ label.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,9 +20,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from omniserve import __version__
 from omniserve.errors import ApiError
@@ -203,6 +205,11 @@ class Metrics:
     def watch_ledger(self, depth: Callable[[], int]) -> None:
         self.ledger_queue.set_function(lambda: float(depth()))
 
+    def watch_speech(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Sentences spoken so far by (engine, why), as ``counts`` reports them at each scrape
+        (the neural voice's choices between itself and espeak-ng)."""
+        self.registry.register(_SpeechCollector(counts))
+
     def watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.tasks.set_function(lambda: float(len(asyncio.all_tasks(loop))))
 
@@ -219,3 +226,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SpeechCollector(Collector):
+    def __init__(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "omniserve_speech_sentences",
+            "Sentences of speech by the engine that read them (kokoro, espeak) and why: neural, "
+            "language (not one the neural voice speaks), unreadable, late (it would not have "
+            "finished in time), rescued (espeak-ng started on a sentence the neural voice was "
+            "late with).",
+            labels=["engine", "reason"],
+        )
+        for (engine, reason), value in sorted(self._counts().items()):
+            family.add_metric([engine, reason], value)
+        yield family

@@ -20,7 +20,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -28,7 +28,7 @@ import anyio.to_thread
 from omniserve.accounts.admission import Ticket
 from omniserve.accounts.auth import Caller
 from omniserve.accounts.service import Accounts
-from omniserve.catalog import Catalog, ModelSpec
+from omniserve.catalog import Catalog, ModelSpec, Voice
 from omniserve.config import Settings
 from omniserve.engines import make_engine
 from omniserve.engines.base import Engine
@@ -42,7 +42,13 @@ from omniserve.meter import RequestMeter
 from omniserve.metrics import Metrics
 from omniserve.protocol.request import parse_chat_request
 from omniserve.protocol.validate import RequestValidator, ValidatedRequest
-from omniserve.speech import Synthesizer, chunk_bytes_for, make_synthesizer, speak_along
+from omniserve.speech import (
+    Synthesizer,
+    chunk_bytes_for,
+    make_synthesizer,
+    speak_along,
+    voice_settings,
+)
 from omniserve.tokens import QwenTokenizer, get_tokenizer
 from omniserve.watchdog import Watchdog
 
@@ -90,6 +96,9 @@ class ChatService:
         if metrics is not None:
             self.media.observe = metrics.observe_media
             metrics.watch_engine(self.engine.queue_depth)
+            # A neural voice reports which engine read each sentence.
+            if callable(sentences := getattr(self.synthesizer, "sentences", None)):
+                metrics.watch_speech(sentences)
 
     def parse_limiter(self) -> anyio.CapacityLimiter:
         """How many requests are parsed at once (made on first use, in the event loop)."""
@@ -125,6 +134,52 @@ class ChatService:
 
     def models(self) -> list[ModelSpec]:
         return list(self.catalog)
+
+    def speech(self) -> dict[str, Any]:
+        """Who speaks the answers (``GET /models``' ``speech``, the playground's voice line)."""
+        if self.engine.speaks:
+            return {
+                "engine": self.engine.name,
+                "description": "the model's own voice"
+                if self.engine.name == "transformers"
+                else "the upstream server's voice",
+                "neural_languages": [],
+            }
+        backend = self.settings.speech.backend
+        if backend == "kokoro":
+            from omniserve.speech.phonemes import KOKORO_LANGUAGES
+
+            return {
+                "engine": "kokoro",
+                "description": "Kokoro-82M, a neural voice; espeak-ng in other languages and "
+                "for sentences it would deliver late",
+                "neural_languages": sorted(set(KOKORO_LANGUAGES.values())),
+            }
+        if backend == "tone":
+            return {
+                "engine": "tone",
+                "description": "a tone instead of speech",
+                "neural_languages": [],
+            }
+        return {"engine": "espeak", "description": "espeak-ng", "neural_languages": []}
+
+    def neural_voices(self, voice: Voice) -> dict[str, str]:
+        """The neural voice reading ``voice`` in each language it speaks with one (empty
+        without a neural voice, or before its model is loaded)."""
+        if self.engine.speaks or self.settings.speech.backend != "kokoro":
+            return {}
+        from omniserve.speech.kokoro import KokoroSynthesizer
+        from omniserve.speech.phonemes import KOKORO_LANGUAGES
+
+        synth = self.synthesizer
+        if not isinstance(synth, KokoroSynthesizer) or synth.model is None:
+            return {}
+        found = {}
+        for language in voice.languages:
+            settings = voice_settings(voice, language)
+            if (code := KOKORO_LANGUAGES.get(settings.language)) is not None:
+                found[str(language)] = synth.model.voice_for(settings, code)
+        return found
 
     def prepare(
         self, body: bytes | bytearray, request_id: str, *, conversation: bool = False

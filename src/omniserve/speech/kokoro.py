@@ -35,7 +35,7 @@ from omniserve.events import PCM_RATE
 from omniserve.speech.phonemes import KOKORO_LANGUAGES, VOCAB, PhonemeError, Phonemizer
 from omniserve.speech.priority import PrioritySemaphore
 from omniserve.speech.stream import estimate_seconds
-from omniserve.speech.synth import EspeakSynthesizer, SpeechError, Synthesizer
+from omniserve.speech.synth import EspeakSynthesizer, Rescue, SpeechError, Synthesizer
 from omniserve.speech.voices import EspeakVoice
 
 log = logging.getLogger("omniserve.speech")
@@ -70,6 +70,9 @@ _TAIL_S = 0.2
 _SILENCE = 0.01  # |amplitude| below this is silence (the model speaks at about 0.1 RMS)
 _ESPEAK_WPM = 175  # espeak-ng's default speed, Kokoro's speed 1
 _WARM_UP = "hˈɛlO wˈɜɹld."
+# A sentence still being read this long before its audio is needed is read by espeak-ng too
+# (about 40 ms, more under load), and the first one done plays.
+_RESCUE_MARGIN_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -181,11 +184,27 @@ class KokoroSynthesizer:
         self.rtf = 0.5
         self._backlog = 0.0
         self.neural = 0  # sentences Kokoro read
+        self.other_language = 0  # sentences in languages Kokoro does not speak
+        self.unreadable = 0  # sentences Kokoro's phonemizer could not read
         self.fell_back = 0  # sentences espeak-ng read because Kokoro would have been late
+        self.rescued = 0  # sentences Kokoro was still reading when espeak-ng was started too
+        self.rescue: Rescue | None = Rescue(
+            _Rescuer(self), settings.kokoro_first_audio_s, _RESCUE_MARGIN_S
+        )
 
     @property
     def model(self) -> KokoroModel | None:
         return self._model
+
+    def sentences(self) -> dict[tuple[str, str], int]:
+        """Sentences so far by (engine, why): the ``omniserve_speech_sentences_total`` metric."""
+        return {
+            ("kokoro", "neural"): self.neural,
+            ("espeak", "language"): self.other_language,
+            ("espeak", "unreadable"): self.unreadable,
+            ("espeak", "late"): self.fell_back,
+            ("espeak", "rescued"): self.rescued,
+        }
 
     def keeps_up(self, text: str, deadline: float | None, playing: bool) -> bool:
         """Whether Kokoro would finish ``text`` before its audio is needed: the work queued
@@ -212,6 +231,7 @@ class KokoroSynthesizer:
     ) -> bytes:
         language = KOKORO_LANGUAGES.get(voice.language)
         if language is None:
+            self.other_language += 1
             return await self._fallback.synthesize(text, voice, deadline=deadline)
         model = await self._loaded()
         if not self.keeps_up(text, deadline, playing):
@@ -224,8 +244,10 @@ class KokoroSynthesizer:
             pcm, work = await self._neural(model, text, voice, language, deadline)
         finally:
             self._backlog = max(0.0, self._backlog - own)
+        if work is None:  # espeak-ng read it after all
+            return pcm
         spoken = len(pcm) / 48_000
-        if work and spoken > 0.2:  # the pace of the work itself, waits left out
+        if spoken > 0.2:  # the pace of the work itself, waits left out
             self.rtf = 0.5 * self.rtf + 0.5 * work / spoken
         self.neural += 1
         return pcm
@@ -237,9 +259,9 @@ class KokoroSynthesizer:
         voice: EspeakVoice,
         language: str,
         deadline: float | None,
-    ) -> tuple[bytes, float]:
+    ) -> tuple[bytes, float | None]:
         """The sentence read by Kokoro, and the seconds its phonemes and inference took, waits
-        for a slot left out (0.0 when espeak-ng read it after all)."""
+        for a slot left out (None when espeak-ng read it after all)."""
         began = time.monotonic()
         when = began if deadline is None else deadline
         try:
@@ -249,17 +271,28 @@ class KokoroSynthesizer:
         except Exception:
             # misaki has rare inputs it cannot read (asserts, lookups): espeak-ng reads them.
             log.warning("kokoro cannot read %r; espeak-ng reads it", text, exc_info=True)
-            return await self._fallback.synthesize(text, voice, deadline=deadline), 0.0
+            self.unreadable += 1
+            return await self._fallback.synthesize(text, voice, deadline=deadline), None
         if not phonemes.strip(' ;:,.!?—…"()“”'):
-            return await self._fallback.synthesize(text, voice, deadline=deadline), 0.0
+            self.unreadable += 1
+            return await self._fallback.synthesize(text, voice, deadline=deadline), None
         name = model.voice_for(voice, language)
         speed = kokoro_speed(voice)
         gain = voice.amplitude / 100
         waiting = time.monotonic()
-        async with self._slots.slot(when):
-            waited = time.monotonic() - waiting
-            loop = asyncio.get_running_loop()
-            audio = await loop.run_in_executor(self._pool, model.speak, phonemes, name, speed)
+        await self._slots.acquire(when)
+        waited = time.monotonic() - waiting
+        try:
+            inference = asyncio.get_running_loop().run_in_executor(
+                self._pool, model.speak, phonemes, name, speed
+            )
+        except BaseException:  # the pool is shut down: the server is stopping
+            self._slots.release()
+            raise
+        # The slot is free when the thread is: a sentence given up on (its rescue played
+        # first) still holds it until its inference ends.
+        inference.add_done_callback(lambda _: self._slots.release())
+        audio = await asyncio.shield(inference)
         return pcm16(audio, gain), time.monotonic() - began - waited
 
     async def check(self) -> None:
@@ -295,6 +328,32 @@ class KokoroSynthesizer:
             if self._model is None:
                 self._model = await asyncio.to_thread(KokoroModel.load, self._settings)
             return self._model
+
+
+class _Rescuer:
+    """espeak-ng reading a sentence Kokoro is late with, counted."""
+
+    rescue: Rescue | None = None
+
+    def __init__(self, kokoro: KokoroSynthesizer) -> None:
+        self._kokoro = kokoro
+
+    async def synthesize(
+        self,
+        text: str,
+        voice: EspeakVoice,
+        *,
+        deadline: float | None = None,
+        playing: bool = True,
+    ) -> bytes:
+        self._kokoro.rescued += 1
+        return await self._kokoro._fallback.synthesize(text, voice, deadline=deadline)
+
+    async def check(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
 
 def voice_names(settings: SpeechSettings) -> list[str]:

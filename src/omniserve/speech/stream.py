@@ -6,7 +6,10 @@ generator yields whatever is ready. Closing the generator stops all of it.
 
 Each sentence is synthesized with a deadline: the moment the client's playback would run out
 of the audio before it (the first sentence is due at once). The synthesizer serves the earliest
-deadline first, so under load every stream stays ahead of its listener.
+deadline first, so under load every stream stays ahead of its listener. A synthesizer slower
+than real time under load (the neural voice) names a quicker one as its rescue: a sentence not
+ready shortly before the listener needs it is read by the rescue too, and the first one done
+plays, so playback never runs dry.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from omniserve.speech.language import detect_language
 from omniserve.speech.pcm import CHUNK_ALIGN, chunk_pcm
 from omniserve.speech.segmenter import SentenceSegmenter
 from omniserve.speech.synth import Synthesizer
-from omniserve.speech.voices import voice_settings
+from omniserve.speech.voices import EspeakVoice, voice_settings
 
 # Sentences being synthesized at once for one reply: the one about to play and the next.
 _LOOKAHEAD = 2
@@ -133,7 +136,7 @@ class _Speaker:
         self._chunk_bytes = chunk_bytes
         self._out = out
         self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        self._inflight: deque[tuple[asyncio.Task[bytes], float, str]] = deque()
+        self._inflight: deque[_Sentence] = deque()
         self._ended = False
         # Playback clock: when the audio starts (or, before that, when the first sentence was
         # asked for), and the seconds of audio planned from then: queued, or estimated.
@@ -162,19 +165,19 @@ class _Speaker:
         carry = b""  # the last 2 or 4 bytes that would break 6-byte alignment
         try:
             while await self._start_next(wait=True):
-                task, estimate, sentence = self._inflight[0]
-                pcm = await task
+                head = self._inflight[0]
+                pcm = await self._in_time(head)
                 self._inflight.popleft()
                 seconds = len(pcm) / (PCM_SAMPLE_BYTES * PCM_RATE)
                 if self._pcm_bytes == 0 and pcm:
                     self._base = time.monotonic()  # playback starts with this audio
-                self._planned += seconds - estimate
+                self._planned += seconds - head.estimate
                 await self._start_next(wait=False)  # the next sentence synthesizes meanwhile
                 self._pcm_bytes += len(pcm)
                 data = carry + pcm
                 cut = len(data) - len(data) % CHUNK_ALIGN
                 data, carry = data[:cut], data[cut:]
-                words: str | None = sentence  # the sentence's first chunk carries its words
+                words: str | None = head.text  # the sentence's first chunk carries its words
                 for chunk in chunk_pcm(data, self._chunk_bytes):
                     await self._out.put(AudioDelta(chunk, transcript=words))
                     words = None
@@ -184,9 +187,9 @@ class _Speaker:
             await self._out.put(_Failed(exc))
             raise
         finally:
-            for task, _, _ in self._inflight:
-                task.cancel()
-            await asyncio.gather(*(t for t, _, _ in self._inflight), return_exceptions=True)
+            for item in self._inflight:
+                item.task.cancel()
+            await asyncio.gather(*(i.task for i in self._inflight), return_exceptions=True)
 
     async def _start_next(self, *, wait: bool) -> bool:
         """Starts sentences up to the lookahead; False once nothing is left to play."""
@@ -206,14 +209,48 @@ class _Speaker:
             deadline = self._base + self._planned
             estimate = estimate_seconds(sentence)
             self._planned += estimate
-            task = asyncio.create_task(self._synthesize(sentence, deadline, self._pcm_bytes > 0))
-            self._inflight.append((task, estimate, sentence))
+            language = detect_language(sentence, allowed=self._languages)
+            voice = voice_settings(self._voice, language)
+            task = asyncio.create_task(
+                self._synth.synthesize(
+                    sentence, voice, deadline=deadline, playing=self._pcm_bytes > 0
+                )
+            )
+            self._inflight.append(_Sentence(sentence, voice, estimate, task))
         return bool(self._inflight)
 
-    async def _synthesize(self, sentence: str, deadline: float, playing: bool) -> bytes:
-        language = detect_language(sentence, allowed=self._languages)
-        settings = voice_settings(self._voice, language)
-        return await self._synth.synthesize(sentence, settings, deadline=deadline, playing=playing)
+    async def _in_time(self, head: _Sentence) -> bytes:
+        """The head sentence's audio; rescued when it is not ready in time (module doc)."""
+        rescue = self._synth.rescue
+        if rescue is None or head.task.done() or self._base is None:
+            return await head.task
+        # Needed when the audio sent so far has played out; a reply's first audio, at
+        # first_audio_s from its request.
+        needed = self._base + (self.seconds if self._pcm_bytes else rescue.first_audio_s)
+        wait = needed - rescue.margin_s - time.monotonic()
+        done, _ = await asyncio.wait({head.task}, timeout=max(0.0, wait))
+        if done:
+            return head.task.result()
+        quick = asyncio.create_task(rescue.by.synthesize(head.text, head.voice))
+        try:
+            done, _ = await asyncio.wait({head.task, quick}, return_when=asyncio.FIRST_COMPLETED)
+            if head.task in done and not head.task.cancelled() and not head.task.exception():
+                return head.task.result()  # quality first, when both are ready
+            return await quick
+        finally:
+            for task in (quick, head.task):
+                task.cancel()
+            await asyncio.gather(quick, head.task, return_exceptions=True)
+
+
+@dataclass
+class _Sentence:
+    """A sentence being synthesized: its text, voice, estimated length and task."""
+
+    text: str
+    voice: EspeakVoice
+    estimate: float
+    task: asyncio.Task[bytes]
 
 
 def estimate_seconds(sentence: str) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -27,8 +28,24 @@ class SpeechError(StartupError):
     """Speech could not be synthesized (espeak-ng missing, failing or silent)."""
 
 
+@dataclass(frozen=True)
+class Rescue:
+    """How a slow synthesizer's late sentences are saved: when a sentence is not ready
+    ``margin_s`` before its audio is needed (the reply's audio so far has played out, or, before
+    the first audio, ``first_audio_s`` after the request), ``by`` reads it too, and whichever is
+    done first plays."""
+
+    by: Synthesizer
+    first_audio_s: float
+    margin_s: float
+
+
 class Synthesizer(Protocol):
     """Turns one sentence into PCM16 mono 24 kHz."""
+
+    # A quicker, plainer synthesizer for sentences this one would deliver late (None: this one
+    # is quick already).
+    rescue: Rescue | None
 
     async def synthesize(
         self,
@@ -52,6 +69,8 @@ class Synthesizer(Protocol):
 
 class EspeakSynthesizer:
     """Runs ``espeak-ng`` once per sentence, at most ``max_concurrency`` at a time."""
+
+    rescue: Rescue | None = None  # about 40 ms a sentence: nothing quicker to fall back on
 
     def __init__(self, settings: SpeechSettings) -> None:
         self._path = settings.espeak_path
@@ -152,6 +171,8 @@ class ToneSynthesizer:
     About 60 ms per CJK character and 70 ms per other word (at least 300 ms); the voice's
     variant family and pitch set the tone.
     """
+
+    rescue: Rescue | None = None
 
     async def synthesize(
         self,
