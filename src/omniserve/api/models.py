@@ -18,7 +18,7 @@ router = APIRouter()
 KEY = Depends(guard("key"))
 
 
-def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
+def model_object(model: ModelSpec, created: int, service: ChatService) -> dict[str, Any]:
     limits = model.limits
     return {
         "id": model.name,
@@ -37,13 +37,15 @@ def model_object(model: ModelSpec, created: int) -> dict[str, Any]:
         "voices": list(model.voice_names),
         "default_voice": model.default_voice if model.audio_output else None,
         "output_languages": [str(lang) for lang in model.output_languages],
-        "voice_details": [voice_object(v) for v in model.voices],
+        "voice_details": [voice_object(v, service) for v in model.voices],
+        "speech": service.speech() if model.audio_output else None,
         "media_limits": media_object(model),
     }
 
 
-def voice_object(voice: Voice) -> dict[str, Any]:
-    """A voice as a picker shows it: who it is and what it speaks."""
+def voice_object(voice: Voice, service: ChatService) -> dict[str, Any]:
+    """A voice as a picker shows it: who it is, what it speaks, and with which neural voice
+    (by language, where one reads it)."""
     return {
         "name": voice.name,
         "display_name": voice.display_name,
@@ -51,6 +53,7 @@ def voice_object(voice: Voice) -> dict[str, Any]:
         "gender": voice.gender,
         "languages": [str(lang) for lang in voice.languages],
         "dialect": voice.dialect,
+        "neural_voices": service.neural_voices(voice),
     }
 
 
@@ -75,7 +78,7 @@ async def list_models(request: Request, caller: Caller = KEY) -> Response:
     """The served models this caller's key may use."""
     service: ChatService = request.app.state.service
     created: int = request.app.state.started_at
-    data = [model_object(m, created) for m in service.models() if caller.may_use(m.name)]
+    data = [model_object(m, created, service) for m in service.models() if caller.may_use(m.name)]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -84,7 +87,7 @@ async def get_model(request: Request, model_id: str, caller: Caller = KEY) -> Re
     if model_id not in service.catalog or not caller.may_use(model_id):
         return error_response(ModelNotFound(model_id))
     model = service.catalog.get(model_id)
-    return JSONResponse(model_object(model, request.app.state.started_at))
+    return JSONResponse(model_object(model, request.app.state.started_at, service))
 
 
 for prefix in ("/compatible-mode/v1", "/v1"):

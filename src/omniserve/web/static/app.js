@@ -169,8 +169,26 @@ function selectVoice() {
   prefs.voice = voice.name;
   const langs = voice.languages.map((code) => languageNames.of(code) || code).join(", ");
   const dialect = voice.dialect ? ` Speaks ${voice.dialect}.` : "";
-  $("voice-info").textContent = `${voice.description}${dialect} Languages: ${langs}.`;
+  $("voice-info").textContent = `${voice.description}${dialect} Languages: ${langs}.${spokenBy(model, voice)}`;
   savePrefs();
+}
+
+/** Which voice engine reads this voice's speech, as the server says (GET /models). */
+function spokenBy(model, voice) {
+  const speech = model.speech;
+  if (!speech) return "";
+  if (speech.engine === "kokoro") {
+    const byName = new Map();  // one Kokoro voice usually reads several languages
+    for (const [code, name] of Object.entries(voice.neural_voices || {})) {
+      byName.set(name, [...(byName.get(name) || []), languageNames.of(code) || code]);
+    }
+    const neural = [...byName].map(([name, langs]) => `${name} in ${langs.join(", ")}`).join("; ");
+    const which = neural ? ` (${neural})` : "";
+    return ` Spoken by Kokoro-82M, a neural voice${which}; by espeak-ng in other languages and for sentences it would deliver late.`;
+  }
+  if (speech.engine === "espeak") return " Spoken by espeak-ng.";
+  if (speech.engine === "tone") return " Speech is a tone (no voice engine on this server).";
+  return ` Spoken by ${speech.description}.`;
 }
 
 /** Speech needs a model that speaks and no thinking; the voice matters only with speech. */
