@@ -84,6 +84,32 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "port" in result.output
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--port", "70000"], "error: port: Input should be less than or equal to 65535"),
+        (
+            ["--record", "a", "--replay", "b"],
+            "error: cassettes: record and replay cannot be used together",
+        ),
+        (["--replay-pace", "slow"], "cassettes.replay_pace: Input should be 'recorded' or"),
+    ],
+)
+def test_serve_bad_flags_are_one_clear_line(flags: list[str], says: str) -> None:
+    result = runner.invoke(app, ["serve", *flags])
+    assert result.exit_code == 2
+    assert says in " ".join(result.output.split())
+    assert "pydantic" not in result.output
+
+
+def test_serve_rules_that_do_not_parse_are_one_clear_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rules]]\nmatch.colour = "red"\n')
+    result = runner.invoke(app, ["serve", "--port", "0", "--rules", str(rules)])
+    assert result.exit_code == 1
+    assert "emulator.rules: rules.toml: rules.0.match.colour" in " ".join(result.output.split())
+
+
 def test_serve_starts_serves_and_stops(tmp_path: Path) -> None:
     """`omniserve serve` as the README starts it, with settings from a TOML file and flags."""
     config = tmp_path / "omniserve.toml"

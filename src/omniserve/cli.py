@@ -32,8 +32,18 @@ ConfigOption = Annotated[
 
 def _settings(config: Path | None, **flags: Any) -> Settings:
     """The settings from the flags (``settings_from_flags``); a mistake is one line, status 2."""
+    from pydantic import ValidationError
+
     try:
         return settings_from_flags(config, **flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        console.print(f"[red]error:[/red] {escape(problems)}")
+        raise typer.Exit(2) from None
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -104,6 +114,21 @@ DrainTimeoutOption = Annotated[
     float | None,
     typer.Option(help="On SIGTERM, seconds running streams may go on \\[default: 30]."),
 ]
+RulesOption = Annotated[
+    Path | None,
+    typer.Option(help="Emulator: scripted replies and faults (TOML or JSON; docs/testing.md)."),
+]
+RecordOption = Annotated[
+    Path | None, typer.Option(help="Record each chat completion into this cassette directory.")
+]
+ReplayOption = Annotated[
+    Path | None,
+    typer.Option(help="Answer chat completions from this cassette directory, byte for byte."),
+]
+ReplayPaceOption = Annotated[
+    str | None,
+    typer.Option(help="Replay: recorded \\[default] keeps the timing; fast sends at once."),
+]
 PlaygroundOption = Annotated[
     bool | None,
     typer.Option("--playground/--no-playground", help="The browser playground at /."),
@@ -134,6 +159,10 @@ def serve(
     insecure_no_auth: InsecureNoAuthOption = None,
     drain_timeout: DrainTimeoutOption = None,
     playground: PlaygroundOption = None,
+    rules: RulesOption = None,
+    record: RecordOption = None,
+    replay: ReplayOption = None,
+    replay_pace: ReplayPaceOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Start the API server."""
@@ -161,6 +190,10 @@ def serve(
         redis_url=redis_url,
         data_dir=data_dir,
         insecure_no_auth=insecure_no_auth,
+        rules=rules,
+        record=record,
+        replay=replay,
+        replay_pace=replay_pace,
     )
     log_config = configure_logging(settings.log_level, settings.log_format)
     _warn_unknown_environment()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -83,12 +83,32 @@ class HttpSettings(BaseModel):
 
 
 class EmulatorSettings(BaseModel):
-    """Pacing of the offline emulator: 0 means as fast as possible (tests, benchmarks)."""
+    """The offline emulator: its pacing (0: as fast as possible) and its rules."""
 
     model_config = ConfigDict(extra="forbid")
 
     tokens_per_second: float = Field(default=40.0, ge=0)
     first_token_ms: float = Field(default=150.0, ge=0)
+    # Scripted replies and faults (TOML or JSON, read again when it changes; docs/testing.md).
+    rules: Path | None = None
+
+
+class CassetteSettings(BaseModel):
+    """Record each chat completion into a cassette directory, or answer from one
+    (docs/testing.md). Recording works with every engine; replay answers without one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    record: Path | None = None
+    replay: Path | None = None
+    # recorded: each event when it was sent; fast: everything at once.
+    replay_pace: Literal["recorded", "fast"] = "recorded"
+
+    @model_validator(mode="after")
+    def _one_way(self) -> CassetteSettings:
+        if self.record is not None and self.replay is not None:
+            raise ValueError("record and replay cannot be used together")
+        return self
 
 
 class SpeechSettings(BaseModel):
@@ -351,6 +371,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     emulator: EmulatorSettings = Field(default_factory=EmulatorSettings)
+    cassettes: CassetteSettings = Field(default_factory=CassetteSettings)
     speech: SpeechSettings = Field(default_factory=SpeechSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     recognizer: RecognizerSettings = Field(default_factory=RecognizerSettings)
@@ -385,7 +406,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 # The command line's flat flags that set a field of a section: flag -> section.
 FLAG_SECTIONS: dict[str, str] = {
-    **dict.fromkeys(("tokens_per_second", "first_token_ms"), "emulator"),
+    **dict.fromkeys(("tokens_per_second", "first_token_ms", "rules"), "emulator"),
+    **dict.fromkeys(("record", "replay", "replay_pace"), "cassettes"),
     **dict.fromkeys(
         ("device", "dtype", "device_map", "audio_output", "load_format", "max_batch"),
         "transformers",

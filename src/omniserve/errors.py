@@ -29,6 +29,8 @@
     │   ├── ServiceUnavailable      503 ServiceUnavailable: the engine cannot serve now
     │   │   └── EngineOutOfMemory   503 the GPU ran out of memory on this request
     │   │                               (engines/hf/engine.py)
+    │   ├── InjectedError           a fault a rule or X-Omniserve-Fault asked for, status and
+    │   │                               code set per instance (scenarios.py)
     │   └── UpstreamError           an upstream's error, status and code set per instance
     │       │                           (engines/upstream/errors.py)
     │       ├── UpstreamBroken      503 ServiceUnavailable: unreachable, or its stream broke

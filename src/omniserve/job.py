@@ -11,12 +11,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from omniserve.catalog import ModelSpec, Voice
+
+if TYPE_CHECKING:
+    from omniserve.scenarios import Script
 
 Pixels = npt.NDArray[np.uint8]  # H x W x 3 RGB, or N x H x W x 3 for video frames
 Samples = npt.NDArray[np.float32]  # mono, 16 kHz, in [-1, 1]
@@ -241,6 +244,8 @@ class GenerationJob:
     max_tokens: int | None = None
     thinking_budget: int | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # A scripted reply or an injected fault (the emulator as a test double, scenarios.py).
+    script: Script | None = None
 
     @property
     def audio_output(self) -> bool:

@@ -58,6 +58,7 @@ class RequestMeter:
         self.audio_bytes = 0
         self.produced = False  # the engine sent at least one event
         self.ended = False
+        self.injected: str | None = None  # the kind of fault a script injected, if any
         # Reply tokens counted so far: of the first N pieces of text, and of reasoning.
         self._counted = [0, 0]
         self._pieces = [0, 0]
@@ -193,6 +194,11 @@ class RequestMeter:
         def ms(t: float | None) -> int | None:
             return None if t is None else round((t - self.started) * 1000)
 
+        fields: dict[str, object] = {}
+        if self.injected is not None:
+            fields["injected"] = self.injected
+        if self.job.script is not None and self.job.script.rule is not None:
+            fields["rule"] = self.job.script.rule
         log_request(
             {
                 "request_id": self.job.request_id,
@@ -206,5 +212,6 @@ class RequestMeter:
                 "ttft_ms": ms(self.ttft),
                 "ttfa_ms": ms(self.ttfa),
                 "duration_ms": ms(ended),
+                **fields,
             }
         )

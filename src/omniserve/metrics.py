@@ -166,6 +166,13 @@ class Metrics:
             ["dependency"],
             registry=registry,
         )
+        self.injected_faults = Counter(
+            "omniserve_injected_faults",
+            "Faults injected on purpose by the emulator's rules or the X-Omniserve-Fault "
+            "header, by kind (error, error_mid_stream, stall, drop, truncate, trickle).",
+            ["kind"],
+            registry=registry,
+        )
         self.ledger_dropped = Counter(
             "omniserve_ledger_dropped_rows",
             "Ledger rows given up because the database stayed unavailable past the buffer.",

@@ -17,6 +17,7 @@ meter and raised.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncGenerator
@@ -33,8 +34,8 @@ from omniserve.config import Settings
 from omniserve.engines import make_engine
 from omniserve.engines.base import Engine
 from omniserve.errors import ApiError
-from omniserve.events import EngineEvent, Finished
-from omniserve.job import GenerationJob, Usage
+from omniserve.events import AudioDelta, EngineEvent, Finished
+from omniserve.job import CompletionTokens, GenerationJob, PromptTokens, Usage
 from omniserve.media.pipeline import MediaProcessor
 from omniserve.media.policy import MediaPolicy, policy_for
 from omniserve.media.resolve import Resolver
@@ -42,6 +43,7 @@ from omniserve.meter import RequestMeter
 from omniserve.metrics import Metrics
 from omniserve.protocol.request import parse_chat_request
 from omniserve.protocol.validate import RequestValidator, ValidatedRequest
+from omniserve.scenarios import InjectedError, RuleBook, script_for
 from omniserve.speech import (
     Synthesizer,
     chunk_bytes_for,
@@ -87,6 +89,10 @@ class ChatService:
         self.metrics: Metrics | None = None
         # The offline speech recognizer (``[recognizer] enabled``), loaded by ``start``.
         self.recognizer: Recognizer | None = None
+        # The emulator as a test double: its rules, and the scenario and fault headers.
+        self.scripted = self.engine.name == "emulator"
+        rules = settings.emulator.rules
+        self.rules = RuleBook(rules.expanduser()) if self.scripted and rules else None
 
     def attach(self, accounts: Accounts, metrics: Metrics | None) -> None:
         """The server's accounts (keys, limits, ledger) and metrics, which every request is
@@ -182,9 +188,17 @@ class ChatService:
         return found
 
     def prepare(
-        self, body: bytes | bytearray, request_id: str, *, conversation: bool = False
+        self,
+        body: bytes | bytearray,
+        request_id: str,
+        *,
+        conversation: bool = False,
+        scenario: str | None = None,
+        fault: str | None = None,
     ) -> ValidatedRequest:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message.
+        On the emulator, the job gets the script of its rule, ``scenario`` and ``fault`` (the
+        ``X-Omniserve-Scenario`` and ``X-Omniserve-Fault`` headers).
 
         Its work grows with the body: the API runs it on a worker thread, never on the event
         loop."""
@@ -193,7 +207,14 @@ class ChatService:
             max_messages=self.settings.max_messages,
             max_parts=self.settings.max_content_parts,
         )
-        return self.validator.validate(request, request_id, conversation=conversation)
+        validated = self.validator.validate(request, request_id, conversation=conversation)
+        if not self.scripted:
+            return validated
+        rules = self.rules.current() if self.rules is not None else None
+        script = script_for(rules, validated.job, scenario, fault)
+        if script is None:
+            return validated
+        return dataclasses.replace(validated, job=dataclasses.replace(validated.job, script=script))
 
     def media_policy(self, job: GenerationJob) -> MediaPolicy:
         """How this job's media are sized and counted: the vendor's billing formulas, or the
@@ -203,7 +224,20 @@ class ChatService:
     def voiced(
         self, job: GenerationJob, events: AsyncGenerator[EngineEvent, None]
     ) -> AsyncGenerator[EngineEvent, None]:
-        """The engine's events, with built-in speech when audio is asked of a silent engine."""
+        """The engine's events, with built-in speech when audio is asked of a silent engine
+        (and a script's speech and usage, when it has them)."""
+        reply = job.script.reply if job.script else None
+        if reply is not None and reply.speech is False:
+            events = _without_audio(events)
+        else:
+            events = self._voiced(job, events)
+        if reply is not None and reply.usage:
+            return _with_usage(events, reply.usage)
+        return events
+
+    def _voiced(
+        self, job: GenerationJob, events: AsyncGenerator[EngineEvent, None]
+    ) -> AsyncGenerator[EngineEvent, None]:
         if job.voice is None or self.engine.speaks_for(job):
             return events
         return speak_along(
@@ -231,17 +265,27 @@ class ChatService:
         *,
         fetching_for: str | None = None,
         conversation: bool = False,
+        scenario: str | None = None,
+        fault: str | None = None,
     ) -> Completion:
         """Validates and admits one request; raises the ``ApiError`` that refuses it, or
         returns its ``Completion``. ``fetching_for`` names whose downloads its media URLs count
         against (the cap on one caller's downloads at once); ``conversation`` marks a realtime
-        session's conversation (each user turn may carry its own audio)."""
+        session's conversation (each user turn may carry its own audio); ``scenario`` and
+        ``fault``: the test-double headers (``prepare``)."""
         assert self.accounts is not None, "ChatService.attach() was not called"
         meter = RequestMeter(self.metrics, self.tokenizer)
         try:
             # Parsing, validation and token counting grow with the body: off the event loop.
             validated = await anyio.to_thread.run_sync(
-                functools.partial(self.prepare, body, request_id, conversation=conversation),
+                functools.partial(
+                    self.prepare,
+                    body,
+                    request_id,
+                    conversation=conversation,
+                    scenario=scenario,
+                    fault=fault,
+                ),
                 limiter=self.parse_limiter(),
             )
             ticket = await self.accounts.admit(caller, validated.job)
@@ -290,9 +334,15 @@ class Completion:
         return self._events
 
     def interrupt(self, reason: ApiError) -> None:
-        """The server is ending this request (shutdown): it is settled with ``reason``'s code,
-        not as disconnected."""
+        """The server is ending this request (shutdown, or an injected fault): it is settled
+        with ``reason``'s code, not as disconnected."""
         self.interrupted_by = reason.code
+
+    def injected(self, kind: str) -> None:
+        """A fault of the script was injected into this request: counted and logged."""
+        self.meter.injected = kind
+        if self.service.metrics is not None:
+            self.service.metrics.injected_faults.labels(kind).inc()
 
     async def aclose(self) -> None:
         """Ends the request: its stream stops (the engine's with it) and, if it never ran, it
@@ -335,6 +385,8 @@ class Completion:
                 yield event
         except ApiError as exc:
             status, code = "error", exc.code
+            if isinstance(exc, InjectedError):
+                self.injected("error")
             raise
         except (GeneratorExit, asyncio.CancelledError):
             if status != "ok":
@@ -380,3 +432,45 @@ class Completion:
             return
         self._ended = True
         await self.meter.settle(self.ticket, status, code, usage or Usage(), reason)
+
+
+async def _without_audio(
+    events: AsyncGenerator[EngineEvent, None],
+) -> AsyncGenerator[EngineEvent, None]:
+    """``events`` with no audio: a script's ``speech = false``."""
+    try:
+        async for event in events:
+            if not isinstance(event, AudioDelta):
+                yield event
+    finally:
+        await events.aclose()
+
+
+async def _with_usage(
+    events: AsyncGenerator[EngineEvent, None], counts: dict[str, int]
+) -> AsyncGenerator[EngineEvent, None]:
+    """``events`` with the usage's counts replaced by a script's."""
+    try:
+        async for event in events:
+            if isinstance(event, Finished):
+                event = Finished(event.reason, _override(event.usage, counts))
+            yield event
+    finally:
+        await events.aclose()
+
+
+def _override(usage: Usage, counts: dict[str, int]) -> Usage:
+    kinds = {**usage.by_kind(), **counts}
+    return Usage(
+        prompt=PromptTokens(
+            text=kinds["prompt_text"],
+            image=kinds["prompt_image"],
+            audio=kinds["prompt_audio"],
+            video=kinds["prompt_video"],
+        ),
+        completion=CompletionTokens(
+            text=kinds["completion_text"],
+            audio=kinds["completion_audio"],
+            reasoning=kinds["completion_reasoning"],
+        ),
+    )

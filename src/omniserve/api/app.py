@@ -19,7 +19,9 @@ from omniserve.api import admin, chat, models, realtime
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response, install_error_handlers
+from omniserve.api.faults import quiet_drops
 from omniserve.api.guard import HttpGuard
+from omniserve.cassettes import from_settings
 from omniserve.config import Settings
 from omniserve.errors import ServiceUnavailable
 from omniserve.metrics import CONTENT_TYPE, OTHER, Metrics
@@ -95,6 +97,8 @@ class HttpMetrics:
 def create_app(settings: Settings | None = None, *, service: ChatService | None = None) -> FastAPI:
     """An app around ``service`` (built from ``settings`` when not given)."""
     settings = settings or (service.settings if service else Settings())
+    # A replay directory that cannot be replayed stops the server here, before it starts.
+    recorder, replayer = from_settings(settings.cassettes)
     svc = service or ChatService(settings)
     metrics = Metrics(m.name for m in svc.models())
     accounts = Accounts(settings.accounts, svc.tokenizer, metrics=metrics)
@@ -131,11 +135,14 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     app.state.accounts = accounts
     app.state.metrics = metrics
     app.state.drain = Drain()
+    app.state.recorder = recorder
+    app.state.replayer = replayer
     # Outermost first: HttpMetrics sees every answer, the guard's refusals included.
     app.add_middleware(HttpGuard, settings=settings.http, keys_required=accounts.keys_required)
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
+    quiet_drops()
     app.include_router(chat.router)
     app.include_router(realtime.router)
     app.include_router(models.router)

@@ -7,6 +7,8 @@ what a failure becomes is the response's (``streaming.py``).
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -15,11 +17,14 @@ from omniserve.accounts.auth import Caller
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response
+from omniserve.api.faults import with_fault
 from omniserve.api.sse import encode_stream
 from omniserve.api.streaming import EventStreamResponse
+from omniserve.cassettes import Recorder, Replayer
 from omniserve.errors import ApiError, PayloadTooLarge
 from omniserve.job import new_request_id
 from omniserve.meter import CLIENT_CLOSED
+from omniserve.scenarios import FAULT_HEADER, SCENARIO_HEADER
 from omniserve.service import ChatService
 
 router = APIRouter()
@@ -55,11 +60,23 @@ def fetching_for(request: Request, caller: Caller) -> str:
 
 
 async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
-    """Authenticated (the guard), read, then opened and streamed by the chat service."""
+    """Authenticated (the guard), read, then opened and streamed by the chat service; with
+    cassettes (``cassettes.py``), answered from them or recorded into them."""
+    arrived = time.monotonic()
+    received = bytearray()
+    response = await _complete(request, caller, received, arrived)
+    recorder: Recorder | None = request.app.state.recorder
+    if recorder is None:
+        return response
+    return recorder.wrap(response, request, received, arrived)
+
+
+async def _complete(
+    request: Request, caller: Caller, received: bytearray, arrived: float
+) -> Response:
     service: ChatService = request.app.state.service
     drain: Drain = request.app.state.drain
     request_id = new_request_id()
-    received = bytearray()
     try:
         if drain.draining:
             raise shutting_down()
@@ -71,9 +88,21 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
     except ApiError as exc:  # refused at the door: counted like the service's refusals
         service.refused(received, exc)
         return error_response(exc, request_id)
+    replayer: Replayer | None = request.app.state.replayer
+    if replayer is not None:
+        try:
+            path, limiter = request.url.path, service.parse_limiter()
+            return await replayer.answer(path, body, arrived, limiter=limiter)
+        except ApiError as exc:
+            return error_response(exc, request_id)
     try:
         completion = await service.open(
-            caller, body, request_id, fetching_for=fetching_for(request, caller)
+            caller,
+            body,
+            request_id,
+            fetching_for=fetching_for(request, caller),
+            scenario=request.headers.get(SCENARIO_HEADER),
+            fault=request.headers.get(FAULT_HEADER),
         )
     except ApiError as exc:
         return error_response(exc, request_id)
@@ -83,6 +112,11 @@ async def chat_completions(request: Request, caller: Caller = KEY) -> Response:
         include_usage=completion.include_usage,
         transcript=service.settings.speech.transcript,
     )
+    script = completion.job.script
+    if script is not None and script.fault is not None:
+        stream = with_fault(
+            stream, script.fault, injected=completion.injected, interrupt=completion.interrupt
+        )
     return EventStreamResponse(
         stream,
         request_id=request_id,

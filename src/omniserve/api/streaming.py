@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from omniserve.api.drain import Drain
 from omniserve.api.errors import render_error
+from omniserve.api.faults import DropConnection
 from omniserve.api.sse import error_event
 from omniserve.errors import ApiError, InternalError
 
@@ -72,6 +73,7 @@ class EventStreamResponse(Response):
         self._stall: asyncio.TimerHandle | None = None
         self._scope: anyio.CancelScope | None = None
         self.stalled = False
+        self.dropped = False  # an injected fault cuts the connection (api/faults.py)
 
     def interrupt(self, reason: ApiError) -> None:
         """Ends the stream now (the server is shutting down): the body stops, and the client
@@ -112,12 +114,18 @@ class EventStreamResponse(Response):
                     await self.owner.aclose()
             if self.drain is not None:
                 self.drain.discard(self)
+        if self.dropped:
+            raise DropConnection()  # uvicorn closes the connection without ending the body
 
     async def _stream(self, send: Send) -> None:
         try:
             first = await anext(self.stream)
         except StopAsyncIteration:
             first = b""
+        except DropConnection:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            self.dropped = True
+            return
         except Exception as exc:
             await self._send_error(send, self._as_api_error(exc, started=False))
             return
@@ -130,6 +138,9 @@ class EventStreamResponse(Response):
                 try:
                     async for chunk in self.stream:
                         await self._send(send, chunk)
+                except DropConnection:
+                    self.dropped = True
+                    return
                 except Exception as exc:
                     failed = self._as_api_error(exc, started=True)
         if self._interrupted is not None:

@@ -5,6 +5,10 @@ language of the last user message, streamed token by token with the real Qwen vo
 optional pacing so clients meet realistic streams. Speech comes from ``omniserve.speech``. With
 the server's speech recognizer it also says what it heard in the last user turn's audio (the
 words are Whisper's: deterministic for the same audio, on the same machine).
+
+A request a rule of the emulator's rules file answers (``GenerationJob.script``,
+``scenarios.py``) gets the rule's text, reasoning, finish reason and pacing instead, and a
+fault that comes before the first byte is raised here as the HTTP error it is.
 """
 
 from __future__ import annotations
@@ -153,17 +157,35 @@ class EmulatorEngine(Engine):
         return heard
 
     async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
-        heard = await self._hear(job)
+        script = job.script
+        reply = script.reply if script else None
+        fault = script.fault if script else None
+        if fault is not None and fault.error is not None and fault.after_chunks == 0:
+            raise fault.api_error(mid_stream=False)  # before the first byte: an HTTP error
+        scripted_text = reply.text if reply else None
+        scripted_reasoning = reply.reasoning if reply else None
+        heard: dict[int, str] = {}
+        if scripted_text is None or (job.thinking and scripted_reasoning is None):
+            heard = await self._hear(job)
         received = received_from(job, heard)
         language = self.language_of(job, " ".join(heard.values()))
-        answer = compose_answer(received, language, closing=request_digest(job))
-        pacer = _Pacer(self.settings.tokens_per_second, self.settings.first_token_ms / 1000)
+        if scripted_text is None:
+            answer = compose_answer(received, language, closing=request_digest(job))
+        else:
+            answer = scripted_text
+        pacer = _Pacer(
+            _first(reply.tokens_per_second if reply else None, self.settings.tokens_per_second),
+            _first(reply.first_token_ms if reply else None, self.settings.first_token_ms) / 1000,
+        )
         await pacer.first()
 
         reasoning_tokens = 0
         if job.thinking:
             budget = job.thinking_budget or job.model.mode_limits(True).max_reasoning
-            reasoning = compose_reasoning(received, language)
+            if scripted_reasoning is None:
+                reasoning = compose_reasoning(received, language)
+            else:
+                reasoning = scripted_reasoning
             for piece, n in self._pieces(reasoning, budget):
                 reasoning_tokens += n
                 yield ReasoningDelta(piece)
@@ -180,6 +202,8 @@ class EmulatorEngine(Engine):
         # can end a token or two short of max_tokens; it was still cut by the limit.
         if limit is not None and text_tokens < self.tokenizer.count(answer):
             reason = "length"
+        if reply is not None and reply.finish_reason is not None:
+            reason = reply.finish_reason
         usage = Usage(
             prompt=job.prompt_tokens,
             completion=CompletionTokens(text=text_tokens, reasoning=reasoning_tokens),
@@ -198,6 +222,10 @@ class EmulatorEngine(Engine):
     def _apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, FinishReason]:
         cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
         return (text[:cut], "stop") if cut >= 0 else (text, "stop")
+
+
+def _first(given: float | None, default: float) -> float:
+    return default if given is None else given
 
 
 class _Pacer:
