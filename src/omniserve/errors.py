@@ -29,12 +29,11 @@
     │   ├── ServiceUnavailable      503 ServiceUnavailable: the engine cannot serve now
     │   │   └── EngineOutOfMemory   503 the GPU ran out of memory on this request
     │   │                               (engines/hf/engine.py)
-    │   ├── InjectedError           a fault a rule or X-Omniserve-Fault asked for, status and
-    │   │                               code set per instance (scenarios.py)
-    │   └── UpstreamError           an upstream's error, status and code set per instance
-    │       │                           (engines/upstream/errors.py)
-    │       ├── UpstreamBroken      503 ServiceUnavailable: unreachable, or its stream broke
-    │       └── UpstreamBusy        503 ServiceUnavailable: every connection to it is busy
+    │   └── VendorError             status, code and type set per instance (Retry-After given)
+    │       ├── InjectedError       a fault a rule or X-Omniserve-Fault asked for (scenarios.py)
+    │       └── UpstreamError       an upstream's error (engines/upstream/errors.py)
+    │           ├── UpstreamBroken  503 ServiceUnavailable: unreachable, or its stream broke
+    │           └── UpstreamBusy    503 ServiceUnavailable: every connection to it is busy
     └── StartupError                the server cannot start or serve as configured (operator)
         ├── CheckpointError         open weights that cannot be served as configured
         │                               (engines/hf/checkpoint.py)
@@ -352,6 +351,30 @@ class HttpError(ApiError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class VendorError(ApiError):
+    """An error whose status, code and type are set per instance: another server's answer, or
+    one of the vendor's errors asked for on purpose; ``retry_after`` adds ``Retry-After``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        type: str,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status, self.code, self.type = status, code, type
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class InternalError(ApiError):

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from omniserve.errors import ApiError, InvalidParameter, StartupError
+from omniserve.errors import InvalidParameter, StartupError, VendorError
 from omniserve.job import TOKEN_KINDS, GenerationJob
 
 log = logging.getLogger("omniserve.scenarios")
@@ -110,26 +110,8 @@ ERRORS: dict[str, tuple[int, str, str]] = {
 _MID_STREAM_MESSAGES = {"data_inspection_failed": "Output data may contain inappropriate content."}
 
 
-class InjectedError(ApiError):
-    """An error a rule or the fault header asked for; status and code set per instance."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        code: str,
-        type: str,
-        retry_after: float | None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.type = status, code, type
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(0, round(self.retry_after)))}
+class InjectedError(VendorError):
+    """An error a rule or the fault header asked for."""
 
 
 class _Strict(BaseModel):

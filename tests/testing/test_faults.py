@@ -312,7 +312,10 @@ def test_a_stall_before_the_first_byte_and_mid_stream(omniserve: OmniServer) -> 
     first, _ = gaps("stall_s=0.4")
     assert first >= 0.4
     _, between = gaps("stall_s=0.4; after_chunks=3")
-    assert between[2] >= 0.4  # between the third event and the fourth
+    # Between the third event and the fourth (as the client reads them: the third may reach
+    # it a little late, so the gap it sees can be a little short of the stall).
+    assert between[2] >= 0.3
+    assert max(between[:2] + between[3:]) < between[2]
 
 
 def test_a_slow_trickle_sends_the_same_bytes(omniserve: OmniServer) -> None:

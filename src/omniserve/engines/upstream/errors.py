@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from omniserve.errors import ApiError
+from omniserve.errors import VendorError
 
 
-class UpstreamError(ApiError):
-    """An error answered by, or about, an upstream; status and code set per instance."""
+class UpstreamError(VendorError):
+    """An error answered by, or about, an upstream; ``retryable``: another replica may
+    succeed."""
 
     def __init__(
         self,
@@ -28,17 +29,10 @@ class UpstreamError(ApiError):
         retryable: bool = False,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, param=param)
-        self.status = status
-        self.code = code
-        self.type = type
+        super().__init__(
+            message, status=status, code=code, type=type, param=param, retry_after=retry_after
+        )
         self.retryable = retryable
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after is not None:
-            return {"Retry-After": str(max(1, round(self.retry_after)))}
-        return {}
 
 
 class UpstreamBroken(UpstreamError):
