@@ -328,6 +328,9 @@ class AccountsSettings(BaseModel):
     # 503 until it is back; true keeps serving with the keys last read and without the limits
     # it cannot check, and the ledger keeps its rows until it can write them.
     fail_open: bool = False
+    # How long a streamed answer's audio id stands for its transcript in later history
+    # ({"role": "assistant", "audio": {"id": …}}); 0: not remembered (such an id is a 400).
+    audio_history_s: float = Field(default=3600.0, ge=0)
 
 
 class UpstreamSettings(BaseModel):

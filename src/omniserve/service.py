@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -195,6 +195,7 @@ class ChatService:
         conversation: bool = False,
         scenario: str | None = None,
         fault: str | None = None,
+        audio_history: Callable[[list[str]], dict[str, str]] | None = None,
     ) -> ValidatedRequest:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message.
         On the emulator, the job gets the script of its rule, ``scenario`` and ``fault`` (the
@@ -207,7 +208,9 @@ class ChatService:
             max_messages=self.settings.max_messages,
             max_parts=self.settings.max_content_parts,
         )
-        validated = self.validator.validate(request, request_id, conversation=conversation)
+        validated = self.validator.validate(
+            request, request_id, conversation=conversation, audio_history=audio_history
+        )
         if not self.scripted:
             return validated
         rules = self.rules.current() if self.rules is not None else None
@@ -285,6 +288,9 @@ class ChatService:
                     conversation=conversation,
                     scenario=scenario,
                     fault=fault,
+                    audio_history=functools.partial(
+                        self.accounts.recall_audio, key_id=caller.key_id
+                    ),
                 ),
                 limiter=self.parse_limiter(),
             )
@@ -431,7 +437,11 @@ class Completion:
         if self._ended:
             return
         self._ended = True
-        await self.meter.settle(self.ticket, status, code, usage or Usage(), reason)
+        meter, accounts = self.meter, self.service.accounts
+        if self.job.audio_output and meter.audio_bytes and accounts is not None:
+            # The answer's audio id stands for its text in later history.
+            accounts.remember_audio(f"audio_{self.request_id}", meter.key_id, "".join(meter.text))
+        await meter.settle(self.ticket, status, code, usage or Usage(), reason)
 
 
 async def _without_audio(

@@ -79,3 +79,16 @@ ledger = Table(
     Index("ix_ledger_started", "started_ms"),
     Index("ix_ledger_status_owner", "status", "owner"),  # running rows, by owner
 )
+
+# What each streamed answer's audio said, by its audio id, so that a client that keeps history
+# the OpenAI way (an assistant message of just {"audio": {"id": …}}) gets the answer's text
+# back into the prompt (accounts/transcripts.py). Only the key that made it may use it.
+audio_transcripts = Table(
+    "audio_transcripts",
+    metadata,
+    Column("audio_id", String(64), primary_key=True),  # audio_<request id>
+    Column("key_id", String(32), nullable=True),  # NULL when the server runs without keys
+    Column("transcript", Text, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_audio_transcripts_expires", "expires_ms"),
+)

@@ -24,6 +24,7 @@ from omniserve.accounts.keys import KeyRing, KeyStore
 from omniserve.accounts.ledger import LedgerWriter, close_running, running_owners, sweep
 from omniserve.accounts.limits import InProcessLimiter, Limiter
 from omniserve.accounts.owners import Presence, new_owner
+from omniserve.accounts.transcripts import TranscriptStore, now_ms
 from omniserve.accounts.watch import KeyWatch, watch_for
 from omniserve.config import AccountsSettings
 from omniserve.errors import ServiceUnavailable, TooManySessions
@@ -67,6 +68,7 @@ class Accounts:
         self.ring: KeyRing | None = None
         self.watch: KeyWatch | None = None
         self.writer: LedgerWriter | None = None
+        self.transcripts: TranscriptStore | None = None
         self.presence: Presence | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._warned: dict[str, float] = {}
@@ -76,6 +78,7 @@ class Accounts:
     async def start(self) -> None:
         engine = await run_sync(open_database, self.url)
         self.store = KeyStore(engine)
+        self.transcripts = TranscriptStore(engine)
         self.ring = KeyRing(self.store)
         self.watch = watch_for(self.ring)
         await self.watch.start()
@@ -141,6 +144,38 @@ class Accounts:
             )
         return closed
 
+    def remember_audio(self, audio_id: str, key_id: str | None, transcript: str) -> None:
+        """What an answer's audio said, for history that sends its id back: kept in memory at
+        once, written to the database in the background (a failure is logged, never the
+        request's)."""
+        store, ttl = self.transcripts, self.settings.audio_history_s
+        if store is None or ttl <= 0:
+            return
+        expires = now_ms() + int(ttl * 1000)
+        store.keep(audio_id, key_id, transcript, expires)
+
+        async def write() -> None:
+            try:
+                await run_sync(store.write, audio_id, key_id, transcript, expires)
+            except Exception as exc:  # memory still has it, for this server
+                log.warning("audio history: %s not written (%s)", audio_id, exc)
+
+        task = asyncio.create_task(write())
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def recall_audio(self, ids: list[str], key_id: str | None) -> dict[str, str]:
+        """The transcripts of these audio ids that ``key_id`` may use (blocking: call it on a
+        worker thread); a database that does not answer finds only what memory holds."""
+        store = self.transcripts
+        if store is None or self.settings.audio_history_s <= 0:
+            return {}
+        try:
+            return store.find(ids, key_id)
+        except Exception as exc:
+            log.warning("audio history: the database did not answer (%s)", exc)
+            return {}
+
     async def _sweep_forever(self) -> None:
         assert self.store is not None
         swept = -SWEEP_EVERY_S
@@ -159,6 +194,11 @@ class Accounts:
                         log.info("ledger: %d rows interrupted, %d expired", interrupted, deleted)
                 except Exception:
                     log.exception("ledger sweep failed")
+                if self.transcripts is not None:
+                    try:
+                        await run_sync(self.transcripts.sweep)
+                    except Exception:
+                        log.exception("audio history sweep failed")
             await asyncio.sleep(REAP_EVERY_S)
             with contextlib.suppress(Exception):  # logged by reap
                 await self.reap()

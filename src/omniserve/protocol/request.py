@@ -56,10 +56,18 @@ class ContentPart(BaseModel):
     video: list[str] | None = None
 
 
+class AudioRef(_Strict):
+    """An earlier answer's audio, by id, in an assistant message (the OpenAI way of keeping
+    history): it stands for that answer's transcript."""
+
+    id: str
+
+
 class Message(_Strict):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    audio: AudioRef | None = None
 
 
 class ChatRequest(_Strict):

@@ -6,6 +6,7 @@ code and message. Limits come from the catalog only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -61,10 +62,17 @@ class RequestValidator:
         self.media_enabled = media_enabled
 
     def validate(
-        self, req: ChatRequest, request_id: str | None = None, *, conversation: bool = False
+        self,
+        req: ChatRequest,
+        request_id: str | None = None,
+        *,
+        conversation: bool = False,
+        audio_history: Callable[[list[str]], dict[str, str]] | None = None,
     ) -> ValidatedRequest:
         """``conversation``: a realtime session's conversation, whose every user turn may
-        carry its own audio (the per-request media counts do not apply to it)."""
+        carry its own audio (the per-request media counts do not apply to it).
+        ``audio_history``: the transcripts of earlier answers' audio ids (blocking; none
+        known without it)."""
         model = self.catalog.get(req.model)
         modalities = self._modalities(req)
         audio_out = "audio" in modalities
@@ -84,7 +92,8 @@ class RequestValidator:
             )
         thinking = self._thinking(req, model, audio_out)
         voice = self._voice(req, model, audio_out)
-        messages = tuple(self._message(i, m, model) for i, m in enumerate(req.messages))
+        heard = self._audio_history(req, audio_history)
+        messages = tuple(self._message(i, m, model, heard) for i, m in enumerate(req.messages))
         if not messages:
             raise InvalidParameter(
                 "Range of messages length should be [1, inf): input.messages", param="messages"
@@ -236,7 +245,34 @@ class RequestValidator:
 
     # -- messages ------------------------------------------------------------------------
 
-    def _message(self, index: int, msg: Message, model: ModelSpec) -> ChatMessage:
+    @staticmethod
+    def _audio_history(
+        req: ChatRequest, lookup: Callable[[list[str]], dict[str, str]] | None
+    ) -> dict[str, str]:
+        """The transcripts of the audio ids in ``req``'s assistant messages; an id that is not
+        known (never this server's, expired, another key's) is a 400."""
+        ids = [(i, m.audio.id) for i, m in enumerate(req.messages) if m.audio is not None]
+        if not ids:
+            return {}
+        for i, _ in ids:
+            if req.messages[i].role != "assistant":
+                raise InvalidParameter(
+                    "Only assistant messages may refer to an earlier answer's audio.",
+                    param=f"messages[{i}].audio",
+                )
+        found = lookup(sorted({audio_id for _, audio_id in ids})) if lookup else {}
+        for i, audio_id in ids:
+            if audio_id not in found:
+                raise InvalidParameter(
+                    f"The audio {audio_id!r} is unknown or has expired: send that answer's "
+                    "text as the assistant message's content instead.",
+                    param=f"messages[{i}].audio.id",
+                )
+        return found
+
+    def _message(
+        self, index: int, msg: Message, model: ModelSpec, heard: dict[str, str]
+    ) -> ChatMessage:
         where = f"input.messages.{index}"
         if msg.role not in ("system", "user", "assistant"):
             raise InvalidParameter(
@@ -245,6 +281,9 @@ class RequestValidator:
             )
         role: Role = msg.role  # type: ignore[assignment]
         content = msg.content
+        if msg.audio is not None and not content:
+            # The answer's audio by id, with no text beside it: its transcript is the text.
+            return ChatMessage(role=role, text=heard[msg.audio.id])
         if role == "user" and not content:
             raise InvalidParameter(
                 f"User messages must have content: {where}.content",
