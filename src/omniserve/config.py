@@ -136,6 +136,11 @@ class SpeechSettings(BaseModel):
     chunk_ms: int = Field(default=200, ge=20, le=2000)
     # Add ``transcript`` (the sentence spoken) to audio deltas, as turbo-era streams did.
     transcript: bool = False
+    # The shape of audio deltas: "dashscope" (the vendor's: id and expires_at on every chunk)
+    # or "openai" (id and expires_at on the first audio chunk only, transcript on every one),
+    # for clients that add the deltas up (openai's chat.completions.stream()). A request may
+    # choose with the X-Omniserve-Audio-Delta header (docs/api.md).
+    audio_delta: Literal["dashscope", "openai"] = "dashscope"
 
 
 class RecognizerSettings(BaseModel):

@@ -18,10 +18,10 @@ from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response
 from omniserve.api.faults import with_fault
-from omniserve.api.sse import encode_stream
+from omniserve.api.sse import AUDIO_DELTA_HEADER, AudioShape, encode_stream
 from omniserve.api.streaming import EventStreamResponse
 from omniserve.cassettes import Recorder, Replayer
-from omniserve.errors import ApiError, PayloadTooLarge
+from omniserve.errors import ApiError, InvalidParameter, PayloadTooLarge
 from omniserve.job import new_request_id
 from omniserve.meter import CLIENT_CLOSED
 from omniserve.scenarios import FAULT_HEADER, SCENARIO_HEADER
@@ -49,6 +49,23 @@ async def read_body(request: Request, limit: int, into: bytearray | None = None)
 
 
 KEY = Depends(guard("key"))
+
+
+def audio_shape(request: Request, default: AudioShape) -> AudioShape:
+    """The shape of the audio deltas this request gets: ``X-Omniserve-Audio-Delta``, or the
+    server's ``speech.audio_delta``."""
+    asked = request.headers.get(AUDIO_DELTA_HEADER)
+    if asked is None:
+        return default
+    shape = asked.strip().lower()
+    if shape == "openai":
+        return "openai"
+    if shape == "dashscope":
+        return "dashscope"
+    raise InvalidParameter(
+        f"X-Omniserve-Audio-Delta should be 'dashscope' or 'openai', not {asked!r}.",
+        param="X-Omniserve-Audio-Delta",
+    )
 
 
 def fetching_for(request: Request, caller: Caller) -> str:
@@ -81,6 +98,7 @@ async def _complete(
         if drain.draining:
             raise shutting_down()
         body = await read_body(request, service.settings.max_request_bytes, received)
+        audio_delta = audio_shape(request, service.settings.speech.audio_delta)
     except ClientDisconnect:
         # The client left while sending its body (a flaky upload): nothing to answer.
         service.client_left(received)
@@ -111,6 +129,8 @@ async def _complete(
         completion.events(),
         include_usage=completion.include_usage,
         transcript=service.settings.speech.transcript,
+        audio_delta=audio_delta,
+        audio_lifetime_s=service.settings.accounts.audio_history_s,
     )
     script = completion.job.script
     if script is not None and script.fault is not None:

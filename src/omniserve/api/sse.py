@@ -12,13 +12,16 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
 
 from omniserve.errors import SSE_ERROR_ORDER, ApiError, InternalError
 from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
 from omniserve.job import GenerationJob, TokenKind, Usage
 
 DONE = b"data: [DONE]\n\n"
+
+AudioShape = Literal["dashscope", "openai"]
+AUDIO_DELTA_HEADER = "x-omniserve-audio-delta"
 
 
 def _dumps(obj: Any) -> bytes:
@@ -64,12 +67,25 @@ def usage_object(usage: Usage) -> dict[str, Any]:
 class ChunkEncoder:
     """Builds the chunks of one completion."""
 
-    def __init__(self, job: GenerationJob, *, created: int | None = None) -> None:
+    def __init__(
+        self,
+        job: GenerationJob,
+        *,
+        created: int | None = None,
+        audio_delta: AudioShape = "dashscope",
+        audio_lifetime_s: float = 0,
+    ) -> None:
         self.completion_id = f"chatcmpl-{job.request_id}"
         self.audio_id = f"audio_{job.request_id}"
         self.model = job.model_name
         self.thinking = job.thinking
         self.created = int(time.time()) if created is None else created
+        self.audio_delta = audio_delta
+        # OpenAI's expires_at says how long the id serves in history; the vendor's is created.
+        self.expires_at = self.created + int(audio_lifetime_s)
+        self._audio_sent = False
+        self._text = ""  # the answer so far, and how far of it the transcripts have said
+        self._spoken = 0
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         body = {
@@ -92,20 +108,38 @@ class ChunkEncoder:
         return self._delta({"content": "", "role": "assistant"})
 
     def text(self, text: str) -> bytes:
+        if self.audio_delta == "openai":
+            self._text += text
         return self._delta({"content": text})
 
     def reasoning(self, text: str) -> bytes:
         return self._delta({"content": None, "reasoning_content": text})
 
     def audio(self, pcm: bytes, transcript: str | None = None) -> bytes:
-        audio: dict[str, Any] = {
-            "data": base64.b64encode(pcm).decode("ascii"),
-            "expires_at": self.created,
-            "id": self.audio_id,
-        }
-        if transcript is not None:
-            audio["transcript"] = transcript
+        data = base64.b64encode(pcm).decode("ascii")
+        audio: dict[str, Any]
+        if self.audio_delta == "openai":
+            # Clients that add deltas up get one id, one expiry and the whole transcript.
+            audio = {"data": data}
+            if not self._audio_sent:
+                audio.update(expires_at=self.expires_at, id=self.audio_id)
+            audio["transcript"] = self._said(transcript) if transcript else ""
+        else:
+            audio = {"data": data, "expires_at": self.created, "id": self.audio_id}
+            if transcript is not None:
+                audio["transcript"] = transcript
+        self._audio_sent = True
         return self._delta({"audio": audio})
+
+    def _said(self, sentence: str) -> str:
+        """The text up to the end of ``sentence``, from where the last transcript ended: the
+        transcripts then add up to the text, spaces between sentences included."""
+        at = self._text.find(sentence, self._spoken)
+        if at < 0:
+            return sentence
+        said = self._text[self._spoken : at + len(sentence)]
+        self._spoken = at + len(sentence)
+        return said
 
     def finish(self, reason: str) -> bytes:
         delta: dict[str, Any] = {"content": ""}
@@ -137,11 +171,16 @@ async def encode_stream(
     include_usage: bool,
     transcript: bool = False,
     created: int | None = None,
+    audio_delta: AudioShape = "dashscope",
+    audio_lifetime_s: float = 0,
 ) -> AsyncGenerator[bytes, None]:
     """SSE bytes for one completion. A failure propagates, wherever it happens: what it
     becomes depends on whether the client has bytes already, which the response knows
     (``streaming.py``). Closing this generator closes ``events``."""
-    enc = ChunkEncoder(job, created=created)
+    enc = ChunkEncoder(
+        job, created=created, audio_delta=audio_delta, audio_lifetime_s=audio_lifetime_s
+    )
+    transcript = transcript or audio_delta == "openai"
     started = False
     async with contextlib.aclosing(events):
         async for event in events:
