@@ -246,6 +246,9 @@ class GenerationJob:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # A scripted reply or an injected fault (the emulator as a test double, scenarios.py).
     script: Script | None = None
+    # What audio.format asked for: wav and pcm16 are the same raw PCM; mp3, opus, aac and flac
+    # (with OpenAI-style audio deltas only) are encoded as they stream.
+    audio_format: str = "wav"
 
     @property
     def audio_output(self) -> bool:

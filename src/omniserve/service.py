@@ -196,6 +196,7 @@ class ChatService:
         scenario: str | None = None,
         fault: str | None = None,
         audio_history: Callable[[list[str]], dict[str, str]] | None = None,
+        encoded_audio: bool = False,
     ) -> ValidatedRequest:
         """Parse and validate; raises ``ApiError`` with the vendor's status, code and message.
         On the emulator, the job gets the script of its rule, ``scenario`` and ``fault`` (the
@@ -209,7 +210,11 @@ class ChatService:
             max_parts=self.settings.max_content_parts,
         )
         validated = self.validator.validate(
-            request, request_id, conversation=conversation, audio_history=audio_history
+            request,
+            request_id,
+            conversation=conversation,
+            audio_history=audio_history,
+            encoded_audio=encoded_audio,
         )
         if not self.scripted:
             return validated
@@ -270,6 +275,7 @@ class ChatService:
         conversation: bool = False,
         scenario: str | None = None,
         fault: str | None = None,
+        encoded_audio: bool = False,
     ) -> Completion:
         """Validates and admits one request; raises the ``ApiError`` that refuses it, or
         returns its ``Completion``. ``fetching_for`` names whose downloads its media URLs count
@@ -291,6 +297,7 @@ class ChatService:
                     audio_history=functools.partial(
                         self.accounts.recall_audio, key_id=caller.key_id
                     ),
+                    encoded_audio=encoded_audio,
                 ),
                 limiter=self.parse_limiter(),
             )

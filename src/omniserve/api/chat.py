@@ -121,6 +121,7 @@ async def _complete(
             fetching_for=fetching_for(request, caller),
             scenario=request.headers.get(SCENARIO_HEADER),
             fault=request.headers.get(FAULT_HEADER),
+            encoded_audio=audio_delta == "openai",
         )
     except ApiError as exc:
         return error_response(exc, request_id)

@@ -14,9 +14,13 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
+
 from omniserve.errors import SSE_ERROR_ORDER, ApiError, InternalError
 from omniserve.events import AudioDelta, EngineEvent, Finished, ReasoningDelta, TextDelta
 from omniserve.job import GenerationJob, TokenKind, Usage
+from omniserve.speech.codecs import FORMATS, StreamEncoder
 
 DONE = b"data: [DONE]\n\n"
 
@@ -159,6 +163,12 @@ class ChunkEncoder:
         return b"data: " + _dumps({"error": err.body(SSE_ERROR_ORDER)}) + b"\n\n"
 
 
+def _joined(first: str | None, second: str | None) -> str | None:
+    if first is None:
+        return second
+    return first + (second or "")
+
+
 def error_event(err: ApiError) -> bytes:
     """What ends a stream that fails after its first chunk: the error event, then ``[DONE]``."""
     return ChunkEncoder.error(err) + DONE
@@ -181,25 +191,50 @@ async def encode_stream(
         job, created=created, audio_delta=audio_delta, audio_lifetime_s=audio_lifetime_s
     )
     transcript = transcript or audio_delta == "openai"
+    # mp3, opus, aac or flac, encoded as it streams (OpenAI-style deltas only; the vendor's
+    # stream is raw PCM whatever audio.format says).
+    codec: StreamEncoder | None = None
+    if audio_delta == "openai" and job.audio_format in FORMATS:
+        codec = StreamEncoder(job.audio_format)
+    held: str | None = None  # a transcript whose audio the encoder still holds
     started = False
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if not started:
-                started = True
-                yield enc.role()
-            if isinstance(event, TextDelta):
-                if event.text:
-                    yield enc.text(event.text)
-            elif isinstance(event, ReasoningDelta):
-                if event.text:
-                    yield enc.reasoning(event.text)
-            elif isinstance(event, AudioDelta):
-                if event.pcm:
-                    yield enc.audio(event.pcm, event.transcript if transcript else None)
-            elif isinstance(event, Finished):
-                yield enc.finish(event.reason)
-                if include_usage:
-                    yield enc.usage(event.usage)
-                yield DONE
-                return
+    try:
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if not started:
+                    started = True
+                    yield enc.role()
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        yield enc.text(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    if event.text:
+                        yield enc.reasoning(event.text)
+                elif isinstance(event, AudioDelta):
+                    if not event.pcm:
+                        continue
+                    said = event.transcript if transcript else None
+                    if codec is None:
+                        yield enc.audio(event.pcm, said)
+                        continue
+                    data = await anyio.to_thread.run_sync(codec.encode, event.pcm)
+                    said = _joined(held, said)
+                    if data:
+                        yield enc.audio(data, said)
+                        held = None
+                    else:
+                        held = said
+                elif isinstance(event, Finished):
+                    if codec is not None:
+                        data = await anyio.to_thread.run_sync(codec.finish)
+                        if data:
+                            yield enc.audio(data, held)
+                    yield enc.finish(event.reason)
+                    if include_usage:
+                        yield enc.usage(event.usage)
+                    yield DONE
+                    return
+    finally:
+        if codec is not None:
+            codec.close()
     raise InternalError("The engine ended the stream without finishing it.")

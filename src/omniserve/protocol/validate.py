@@ -34,6 +34,8 @@ _PART_MODALITY: dict[str, Modality] = {
     "video": "video",
 }
 AUDIO_FORMATS = ("wav", "pcm16")
+# Encoded as OpenAI's clients ask, with OpenAI-style audio deltas only (speech/codecs.py).
+ENCODED_FORMATS = ("mp3", "opus", "aac", "flac")
 _SEED_MAX = 2**31 - 1
 
 
@@ -68,11 +70,13 @@ class RequestValidator:
         *,
         conversation: bool = False,
         audio_history: Callable[[list[str]], dict[str, str]] | None = None,
+        encoded_audio: bool = False,
     ) -> ValidatedRequest:
         """``conversation``: a realtime session's conversation, whose every user turn may
         carry its own audio (the per-request media counts do not apply to it).
         ``audio_history``: the transcripts of earlier answers' audio ids (blocking; none
-        known without it)."""
+        known without it). ``encoded_audio``: the stream has OpenAI-style audio deltas, which
+        may carry mp3, opus, aac or flac as well."""
         model = self.catalog.get(req.model)
         modalities = self._modalities(req)
         audio_out = "audio" in modalities
@@ -91,7 +95,8 @@ class RequestValidator:
                 param="modalities",
             )
         thinking = self._thinking(req, model, audio_out)
-        voice = self._voice(req, model, audio_out)
+        formats = AUDIO_FORMATS + ENCODED_FORMATS if encoded_audio else AUDIO_FORMATS
+        voice = self._voice(req, model, audio_out, formats)
         heard = self._audio_history(req, audio_history)
         messages = tuple(self._message(i, m, model, heard) for i, m in enumerate(req.messages))
         if not messages:
@@ -145,6 +150,7 @@ class RequestValidator:
             max_tokens=max_tokens,
             thinking_budget=budget,
             sampling=sampling,
+            audio_format=req.audio.format if req.audio and req.audio.format else "wav",
         )
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return ValidatedRequest(job=job, include_usage=include_usage)
@@ -181,11 +187,13 @@ class RequestValidator:
         return True
 
     @staticmethod
-    def _voice(req: ChatRequest, model: ModelSpec, audio_out: bool) -> Voice | None:
+    def _voice(
+        req: ChatRequest, model: ModelSpec, audio_out: bool, formats: tuple[str, ...]
+    ) -> Voice | None:
         audio = req.audio
-        if audio is not None and audio.format is not None and audio.format not in AUDIO_FORMATS:
+        if audio is not None and audio.format is not None and audio.format not in formats:
             raise InvalidParameter(
-                f"Input should be {quote_list(AUDIO_FORMATS)}: parameters.audio.format",
+                f"Input should be {quote_list(formats)}: parameters.audio.format",
                 param="audio.format",
             )
         name = audio.voice if audio is not None and audio.voice is not None else None
