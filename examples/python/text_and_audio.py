@@ -1,5 +1,5 @@
 # The vendor's first sample, unchanged except for base_url: text in, text and speech out.
-# pip install numpy soundfile openai
+# pip install numpy soundfile "openai<3.25"   (newer openai: see the note below)
 import os
 import base64
 import soundfile as sf
@@ -29,6 +29,8 @@ try:
             print(chunk.choices[0].delta.content, end="")
         # 收集音频部分
         if chunk.choices and hasattr(chunk.choices[0].delta, "audio") and chunk.choices[0].delta.audio:
+            # openai >= 3.25 types delta.audio and this line fails ("no attribute 'get'"):
+            # there, write chunk.choices[0].delta.audio.data or "" (docs/clients.md).
             audio_base64_string += chunk.choices[0].delta.audio.get("data", "")
     # 4. 保存音频文件
     if audio_base64_string:

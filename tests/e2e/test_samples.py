@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +122,28 @@ NODE = shutil.which("node")
 NPM = shutil.which("npm")
 
 
-@pytest.fixture(scope="module")
-def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+# The samples' own pin (openai 4.x) on the system's Node, and the current major of the openai
+# package (7.x, which wants Node 22 or later) on Node 22 from npm's "node" package.
+NODE_SETUPS = {
+    "openai-4": {},
+    "openai-7": {"openai": "^7.60.0", "node": "^22"},
+}
+
+
+@dataclass
+class NodeDir:
+    path: Path
+    node: str
+
+
+@pytest.fixture(scope="module", params=list(NODE_SETUPS))
+def node_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> NodeDir:
     if NODE is None or NPM is None:
         pytest.fail("node and npm are needed for the Node.js samples: run scripts/bootstrap --dev")
-    work = tmp_path_factory.mktemp("node")
-    shutil.copy(EXAMPLES / "node" / "package.json", work / "package.json")
+    work = tmp_path_factory.mktemp(f"node-{request.param}")
+    package = json.loads((EXAMPLES / "node" / "package.json").read_text())
+    package["dependencies"].update(NODE_SETUPS[request.param])
+    (work / "package.json").write_text(json.dumps(package))
     proc = subprocess.run(
         [NPM, "install", "--no-audit", "--no-fund", "--loglevel=error"],
         cwd=work,
@@ -137,27 +154,37 @@ def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     if proc.returncode != 0:
         pytest.fail(f"npm install failed: {proc.stderr}")
-    return work
+    local = work / "node_modules" / ".bin" / "node"
+    return NodeDir(work, str(local) if local.exists() else NODE)
 
 
-def test_node_text_and_audio(server: LiveServer, node_dir: Path) -> None:
-    script = localize(EXAMPLES / "node" / "text_and_audio.mjs", node_dir, server)
-    out = run([str(NODE), str(script)], node_dir)
+def test_node_text_and_audio(server: LiveServer, node_dir: NodeDir) -> None:
+    script = localize(EXAMPLES / "node" / "text_and_audio.mjs", node_dir.path, server)
+    out = run([node_dir.node, str(script)], node_dir.path)
     assert "omniserve" in out and "音频文件已成功保存为 audio_assistant.wav" in out
-    assert_speech_wav(node_dir / "audio_assistant.wav")
+    assert_speech_wav(node_dir.path / "audio_assistant.wav")
 
 
-def test_node_thinking(server: LiveServer, node_dir: Path) -> None:
-    script = localize(EXAMPLES / "node" / "thinking.mjs", node_dir, server)
-    out = run([str(NODE), str(script)], node_dir)
+def test_node_thinking(server: LiveServer, node_dir: NodeDir) -> None:
+    script = localize(EXAMPLES / "node" / "thinking.mjs", node_dir.path, server)
+    out = run([node_dir.node, str(script)], node_dir.path)
     assert "reasoning_content" in out and "reasoning_tokens" in out
 
 
-def test_node_multi_turn(server: LiveServer, node_dir: Path) -> None:
-    script = localize(EXAMPLES / "node" / "multi_turn.mjs", node_dir, server)
-    out = run([str(NODE), str(script)], node_dir)
+def test_node_multi_turn(server: LiveServer, node_dir: NodeDir) -> None:
+    script = localize(EXAMPLES / "node" / "multi_turn.mjs", node_dir.path, server)
+    out = run([node_dir.node, str(script)], node_dir.path)
     assert "3 条消息" in "".join(re.findall(r"content: '([^']*)'", out))
     assert "prompt_tokens" in out
+
+
+def test_node_setups_are_what_they_say(node_dir: NodeDir) -> None:
+    version = run([node_dir.node, "--version"], node_dir.path)
+    sdk = json.loads((node_dir.path / "node_modules" / "openai" / "package.json").read_text())
+    if node_dir.path.name.startswith("node-openai-7"):
+        assert version.startswith("v22.") and sdk["version"].startswith("7.")
+    else:
+        assert sdk["version"].startswith("4.")
 
 
 def test_requested_voice_is_heard(server: LiveServer) -> None:
