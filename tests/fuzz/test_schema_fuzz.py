@@ -46,6 +46,8 @@ SETTINGS = settings(
 
 ALL_OPERATIONS = {
     "POST /v1/chat/completions",
+    "POST /v1/audio/speech",
+    "POST /v1/audio/transcriptions",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
     "GET /admin/keys",

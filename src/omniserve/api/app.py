@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from omniserve import __version__
 from omniserve.accounts.service import Accounts
 from omniserve.allocator import map_large_blocks
-from omniserve.api import admin, chat, models, realtime, speech
+from omniserve.api import admin, chat, models, realtime, speech, transcriptions
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response, install_error_handlers
@@ -147,6 +147,7 @@ def create_app(settings: Settings | None = None, *, service: ChatService | None 
     app.include_router(speech.router)
     app.include_router(realtime.router)
     app.include_router(models.router)
+    app.include_router(transcriptions.router)
     app.include_router(admin.router)
     app.include_router(health)
     app.include_router(operator)

@@ -6,7 +6,10 @@ One ASGI layer in front of every route, whatever HTTP parser the server runs:
   is answered 400 and its connection closed: where its body ends is ambiguous, and bytes after
   it could otherwise run as a second, hidden request (RFC 9112 §6.1);
 - a body-carrying request must say ``Content-Type: application/json`` (415 otherwise): the
-  types a cross-site form or ``fetch`` may send without a CORS preflight never reach the API;
+  types a cross-site form or ``fetch`` may send without a CORS preflight never reach the API.
+  The one exception is ``multipart/form-data`` on the upload routes (OpenAI's audio
+  transcriptions): a cross-site form cannot send the key a server with keys asks for, and on a
+  server without keys it can only start a transcription whose answer the page cannot read;
 - a server without API keys answers only to names nobody else can point at it: loopback names,
   IP addresses and ``http.allowed_hosts`` (403 otherwise), which stops DNS rebinding;
 - a body that arrives slower than ``http.body_min_rate`` after ``http.body_grace_s`` is
@@ -27,6 +30,8 @@ from omniserve.config import HttpSettings
 from omniserve.errors import ApiError, BadFraming, BodyTooSlow, HostNotAllowed, NotJson
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Routes that take OpenAI's multipart uploads (a file and its form fields).
+UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/compatible-mode/v1/audio/transcriptions"})
 _LOOPBACK_NAMES = {"localhost", "localhost.", "ip6-localhost"}
 
 
@@ -62,6 +67,13 @@ def is_json(content_type: str | None) -> bool:
     )
 
 
+def is_upload(path: str, content_type: str | None) -> bool:
+    """A multipart form sent to an upload route."""
+    if content_type is None or path not in UPLOAD_PATHS:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
 class HttpGuard:
     def __init__(
         self,
@@ -94,7 +106,12 @@ class HttpGuard:
             await self._refuse(BadFraming(), scope, receive, send)
             return
         has_body = chunked or bool(lengths - {b"0"})
-        if scope["method"] in _BODY_METHODS and has_body and not is_json(content_type):
+        if (
+            scope["method"] in _BODY_METHODS
+            and has_body
+            and not is_json(content_type)
+            and not is_upload(scope["path"], content_type)
+        ):
             await self._refuse(NotJson(content_type), scope, receive, send)
             return
         if (

@@ -279,4 +279,10 @@ for prefix in ("/compatible-mode/v1", "/v1"):
         include_in_schema=prefix == "/v1",
         response_model=None,
         summary="Text to speech with the built-in voice (OpenAI's audio.speech)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SpeechRequest.model_json_schema()}},
+            }
+        },
     )

@@ -8,6 +8,7 @@ The soundtrack of a video goes through the same code (``_decode_stream_to_16k``)
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 import av
 import av.error
@@ -49,14 +50,26 @@ _GUESSED_DURATION = frozenset({"aac"})
 _DECODE_SLACK_SECONDS = 0.5
 
 
-def decode_audio(data: bytes, policy: MediaPolicy, limits: MediaLimits) -> AudioInput:
-    """``data`` as 16 kHz mono samples with its token count; ``InvalidMedia`` for any fault."""
+# What browsers record (MediaRecorder): taken by the transcription endpoint, as OpenAI's is,
+# though not by chat input, whose formats are the vendor's.
+WEBM = {"matroska,webm": "webm"}
+
+
+def decode_audio(
+    data: bytes,
+    policy: MediaPolicy,
+    limits: MediaLimits,
+    extra_formats: Mapping[str, str] | None = None,
+) -> AudioInput:
+    """``data`` as 16 kHz mono samples with its token count; ``InvalidMedia`` for any fault.
+    ``extra_formats``: more demuxers to allow (FFmpeg's name -> the name reported)."""
+    formats = {**_FORMATS, **extra_formats} if extra_formats else _FORMATS
     if len(data) > limits.audio_max_bytes:
         raise InvalidMedia(TOO_LARGE)
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             fmt = container.format.name
-            if fmt not in _FORMATS or not container.streams.audio:
+            if fmt not in formats or not container.streams.audio:
                 raise InvalidMedia(ILLEGAL)
             stream = container.streams.audio[0]
             header = _trusted_seconds(container, stream)
@@ -65,7 +78,7 @@ def decode_audio(data: bytes, policy: MediaPolicy, limits: MediaLimits) -> Audio
             samples = _decode_stream_to_16k(
                 container, stream, limits.audio_max_seconds, too_long=TOO_LONG, illegal=ILLEGAL
             )
-            name = short_format_name(container, _FORMATS[fmt])
+            name = short_format_name(container, formats[fmt])
     except InvalidMedia:
         raise
     except av.error.FFmpegError as exc:  # its MemoryError too: FFmpeg's ENOMEM means bad sizes
