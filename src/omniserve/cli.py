@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from omniserve.catalog import LANGUAGE_NAMES, Catalog
-from omniserve.config import Settings, settings_from_flags
+from omniserve.config import Settings, settings_from_flags, validation_problems
 from omniserve.logs import configure as configure_logging
 
 if TYPE_CHECKING:
@@ -37,12 +37,7 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     try:
         return settings_from_flags(config, **flags)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        console.print(f"[red]error:[/red] {escape(problems)}")
+        console.print(f"[red]error:[/red] {escape(validation_problems(exc))}")
         raise typer.Exit(2) from None
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")

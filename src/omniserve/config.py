@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -422,6 +422,15 @@ FLAG_SECTIONS: dict[str, str] = {
     ),
     **dict.fromkeys(("database_url", "redis_url", "data_dir", "insecure_no_auth"), "accounts"),
 }
+
+
+def validation_problems(exc: ValidationError, whole: str = "settings") -> str:
+    """A pydantic error as one line a person reads: ``where: what`` for each problem, joined
+    by ``; `` (``whole`` names a problem of the whole object)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
 
 
 def settings_from_flags(config_file: Path | None = None, **flags: Any) -> Settings:

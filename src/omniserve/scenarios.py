@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from omniserve.config import validation_problems
 from omniserve.errors import InvalidParameter, StartupError, VendorError
 from omniserve.job import TOKEN_KINDS, GenerationJob
 
@@ -379,10 +380,7 @@ def parse_rules(data: bytes, name: str) -> RuleSet:
     try:
         return RuleSet(RulesFile.model_validate(raw).rules)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"{name}: {problems}") from None
+        raise ValueError(f"{name}: {validation_problems(exc, 'rules')}") from None
 
 
 class RuleBook:
@@ -449,11 +447,9 @@ def parse_fault_header(value: str) -> Fault:
     try:
         return Fault.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'fault'}: {e['msg']}" for e in exc.errors()
-        )
         raise InvalidParameter(
-            f"X-Omniserve-Fault cannot be used: {problems}", param="X-Omniserve-Fault"
+            f"X-Omniserve-Fault cannot be used: {validation_problems(exc, 'fault')}",
+            param="X-Omniserve-Fault",
         ) from None
 
 

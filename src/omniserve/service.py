@@ -83,6 +83,7 @@ class ChatService:
         self.media = MediaProcessor(settings.media, resolver=resolver)
         self.synthesizer = synthesizer or make_synthesizer(settings.speech)
         self.chunk_bytes = chunk_bytes_for(settings.speech.chunk_ms)
+        self._speech_checked = False
         self.ready = False
         self._parse_limiter: anyio.CapacityLimiter | None = None
         self.accounts: Accounts | None = None
@@ -116,6 +117,15 @@ class ChatService:
         """Raises ``SpeechError`` when built-in speech is needed and cannot work here."""
         if not self.engine.speaks:
             await self.synthesizer.check()
+            self._speech_checked = True
+
+    async def built_in_speech(self) -> Synthesizer:
+        """The built-in synthesizer, checked (once) when it is first asked for: an engine with
+        a voice of its own leaves it unchecked at start. Raises ``SpeechError``."""
+        if not self._speech_checked:
+            await self.synthesizer.check()
+            self._speech_checked = True
+        return self.synthesizer
 
     async def start(self) -> None:
         """Starts the engine and checks speech; once started, a second call does nothing."""

@@ -168,11 +168,10 @@ async def _text(text: str) -> AsyncIterator[EngineEvent]:
 
 
 async def _audio(
-    service: ChatService, request: SpeechRequest, voice: Voice
+    service: ChatService, synth: Synthesizer, request: SpeechRequest, voice: Voice
 ) -> AsyncGenerator[tuple[bytes, int], None]:
     """The speech in ``response_format``, piece by piece, and at the end (``b"", tokens``)
     the audio tokens."""
-    synth: Synthesizer = service.synthesizer
     if request.speed != 1.0:
         synth = _Paced(synth, request.speed)
     language = detect_language(request.input, allowed=voice.languages)
@@ -218,10 +217,8 @@ async def create_speech(request: Request, caller: Caller = KEY) -> Response:
         body = await read_body(request, MAX_BODY)
         asked = await anyio.to_thread.run_sync(parse, body)
         voice = find_voice(service, asked.voice)
-        if service.engine.speaks and not getattr(request.app.state, "speech_checked", False):
-            await service.synthesizer.check()  # the engine's own voice left it unchecked
-            request.app.state.speech_checked = True
-        pieces = _audio(service, asked, voice)
+        synth = await service.built_in_speech()
+        pieces = _audio(service, synth, asked, voice)
         first = await anext(pieces)
     except ApiError as exc:
         return error_response(exc, request_id)
