@@ -33,7 +33,7 @@ from omniserve.catalog import Catalog, ModelSpec, Voice
 from omniserve.config import Settings
 from omniserve.engines import make_engine
 from omniserve.engines.base import Engine
-from omniserve.errors import ApiError
+from omniserve.errors import ApiError, StartupError
 from omniserve.events import AudioDelta, EngineEvent, Finished
 from omniserve.job import CompletionTokens, GenerationJob, PromptTokens, Usage
 from omniserve.media.pipeline import MediaProcessor
@@ -93,7 +93,12 @@ class ChatService:
         # The emulator as a test double: its rules, and the scenario and fault headers.
         self.scripted = self.engine.name == "emulator"
         rules = settings.emulator.rules
-        self.rules = RuleBook(rules.expanduser()) if self.scripted and rules else None
+        if rules is not None and not self.scripted:
+            raise StartupError(
+                f"emulator.rules scripts the emulator's replies; the {self.engine.name} engine "
+                "answers for itself: leave the rules out, or serve with --engine emulator"
+            )
+        self.rules = RuleBook(rules.expanduser()) if rules else None
 
     def attach(self, accounts: Accounts, metrics: Metrics | None) -> None:
         """The server's accounts (keys, limits, ledger) and metrics, which every request is

@@ -255,3 +255,25 @@ def test_a_scenario_no_rule_names_is_like_none() -> None:
     book = rules({"name": "plain"}, {"name": "named", "match": {"scenario": "s"}})
     for scenario in (None, "unknown", "другой"):
         assert book.find(job_of(), scenario).rule == "plain"  # type: ignore[union-attr]
+
+
+def test_rules_on_an_engine_that_answers_for_itself_stop_the_start(tmp_path: Path) -> None:
+    from collections.abc import AsyncGenerator
+
+    from helpers import fast_settings
+    from omniserve.engines.base import Engine
+    from omniserve.events import EngineEvent
+    from omniserve.service import ChatService
+
+    class Remote(Engine):
+        name = "upstream"
+
+        async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
+            raise NotImplementedError
+            yield
+
+    path = tmp_path / "rules.json"
+    write_rules(path, [{"reply": {"text": "never"}}])
+    with pytest.raises(StartupError, match="the upstream engine answers for itself"):
+        ChatService(fast_settings(emulator={"rules": str(path)}), engine=Remote())
+    assert ChatService(fast_settings(), engine=Remote()).rules is None

@@ -106,7 +106,8 @@ def serve(
         emulator = dict(overrides.pop("emulator", {}))
         emulator.setdefault("tokens_per_second", tokens_per_second)
         emulator.setdefault("first_token_ms", first_token_ms)
-        emulator.setdefault("rules", str(rules_path))
+        if overrides.get("engine", "emulator") == "emulator":  # rules script the emulator
+            emulator.setdefault("rules", str(rules_path))
         accounts = {"data_dir": str(workdir / "data"), **overrides.pop("accounts", {})}
         speech_settings = dict(overrides.pop("speech", {}))
         if speech == "auto":
