@@ -336,6 +336,37 @@ def test_speech_alone_and_batched_equals_generate(
             assert not any(isinstance(e, BaseException) for e in events)
 
 
+def test_a_text_read_aloud_is_written_token_by_token_and_spoken(
+    scheduler: Scheduler, loaded: Any, family: str
+) -> None:
+    """A script (POST /v1/audio/speech): the thinker writes exactly its tokens, whatever its
+    weights prefer, the talker speaks them, and a request decoded beside it is untouched."""
+    from dataclasses import replace
+
+    model = loaded(family)
+    tokenizer = model.processor.tokenizer
+    text = "Read me: the quick brown fox, twice."
+    script = (*tokenizer.encode(text, add_special_tokens=False), TOKENS["im_end"])
+    codes = 60 if family == QWEN25 else 16
+    reading = replace(plan(model, tokens=len(script), codes=codes), read=script)
+    other = plan(model, tokens=12)
+    work = [(reading, inputs(model, "Read aloud.")), (other, inputs(model, PROMPTS[1]))]
+    expected_other = reference_text(model, work[1][1], 12)
+    for results in (serve(scheduler, work[:1]), serve(scheduler, work, stagger=2)):
+        request, events = results[0]
+        assert tuple(request.tokens) == script
+        assert text_of(events) == text
+        done = finished(events)
+        assert done.reason == "stop"
+        assert done.usage.completion.text == len(script) - 1
+        assert done.usage.completion.audio == len(request.codes) > 0
+        audio = b"".join(e.pcm for e in events if isinstance(e, AudioDelta))
+        assert len(audio) > 0
+        if len(results) > 1:
+            assert results[1][0].tokens == expected_other
+    assert scheduler.wait_idle(5)
+
+
 def test_qwen3_image_prompt_with_speech_equals_generate(loaded: Any) -> None:
     import numpy as np
 

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from omniserve.catalog import Catalog, ModelSpec
+from omniserve.audio_tasks import OPENAI_VOICES, SpeechTask
+from omniserve.catalog import Catalog, ModelSpec, Voice
 from omniserve.config import ServedCheckpoint, TransformersSettings
 from omniserve.engines.base import Engine
 from omniserve.engines.hf.checkpoint import (
@@ -58,11 +59,14 @@ from omniserve.job import (
     PromptTokens,
     SamplingParams,
 )
+from omniserve.speech.tempo import paced
 
 log = logging.getLogger("omniserve.transformers")
 
 # Longest context a slot holds unless max_seq_len says otherwise (memory grows with it).
 DEFAULT_MAX_SEQ_LEN = 32768
+# What the model is told before a text it reads aloud (its answer is then made that text).
+READ_ALOUD = "Read the following text aloud, word for word:\n\n"
 # Positions the talker's slot holds beyond the thinker's (its speech codes).
 TALKER_EXTRA = 16
 
@@ -93,6 +97,7 @@ def _key(served: ServedCheckpoint) -> str:
 class TransformersEngine(Engine):
     name = "transformers"
     speaks = True  # when asked for audio, the model itself speaks
+    hears = True
 
     def __init__(
         self, settings: TransformersSettings, catalog: Catalog, *, chunk_bytes: int
@@ -268,8 +273,9 @@ class TransformersEngine(Engine):
         assert key is not None
         return served, key
 
-    def plan(self, job: GenerationJob) -> Plan:
-        """How this request will run: sampling per stage, speaker, reasoning, lengths."""
+    def plan(self, job: GenerationJob, read: str | None = None) -> Plan:
+        """How this request will run: sampling per stage, speaker, reasoning, lengths;
+        ``read``: the text the thinker is made to write (read aloud by the talker)."""
         served, key = self._checkpoint(job)
         loaded = self.loaded.get(key)
         if loaded is None:
@@ -301,6 +307,14 @@ class TransformersEngine(Engine):
                 seed=job.sampling.seed,
                 overrides=self.stage_kwargs["talker"],
             )
+        script = None
+        if read is not None:
+            tokenizer = loaded.processor.tokenizer
+            end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+            if not isinstance(end, int) or end not in thinker.eos:
+                end = min(thinker.eos)
+            script = (*tokenizer.encode(read, add_special_tokens=False), end)
+            thinker = replace(thinker, max_new_tokens=len(script))
         return Plan(
             thinker=thinker,
             talker=talker,
@@ -310,6 +324,7 @@ class TransformersEngine(Engine):
             reasoning_budget=budget,
             max_answer_tokens=job.max_tokens if thinks else None,
             chunk_bytes=self.chunk_bytes,
+            read=script,
         )
 
     @staticmethod
@@ -346,12 +361,41 @@ class TransformersEngine(Engine):
         specials = {i for i in range(embedded, vocab) if i not in ends}
         return frozenset({int(talker.codec_bos_token), *specials})
 
-    async def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
+    def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
+        return self._generate(job)
+
+    def read_aloud(self, task: SpeechTask) -> AsyncGenerator[EngineEvent, None] | None:
+        """The text read by the talker of the served name ``task.model`` (or the first that
+        speaks): the thinker is made to write the text token by token, and the talker speaks
+        it as it would an answer of its own. ``speed`` is applied to the audio afterwards."""
+        speaking = [s for s in self.served.values() if s.voices]
+        if not speaking:
+            return None
+        served = self.served.get(task.model)
+        if served is None or not served.voices:
+            served = speaking[0]
+        spec = served.spec
+        voice = _voice_for(spec, task.voice)
+        ask = READ_ALOUD + task.text
+        job = GenerationJob(
+            request_id=task.request_id,
+            model_name=spec.name,
+            model=spec,
+            messages=(ChatMessage(role="user", text=ask),),
+            prompt_tokens=PromptTokens(),
+            voice=voice,
+            sampling=SamplingParams(seed=0),
+        )
+        return paced(self._generate(job, read=task.text), task.speed)
+
+    async def _generate(
+        self, job: GenerationJob, read: str | None = None
+    ) -> AsyncGenerator[EngineEvent, None]:
         _, key = self._checkpoint(job)
         scheduler = self.schedulers.get(key)
         if scheduler is None or self._prepare is None:
             raise ServiceUnavailable("The model is still loading; retry in a moment.")
-        plan = self.plan(job)
+        plan = self.plan(job, read)
         if self._active.get(key, 0) >= self.settings.max_batch + self.settings.queue_size:
             raise EngineBusy(retry_after=2.0)
         self._active[key] = self._active.get(key, 0) + 1
@@ -412,6 +456,23 @@ class TransformersEngine(Engine):
             max_tokens=8,
             sampling=SamplingParams(seed=0),
         )
+
+
+def _voice_for(spec: ModelSpec, name: str) -> Voice:
+    """The served name's voice called ``name`` (any case); OpenAI's voice names stand for the
+    catalog voice they are mapped to, or the model's first voice where it lacks that one."""
+    by_name = {v.name.lower(): v for v in spec.voices}
+    wanted = name.lower()
+    if wanted in by_name:
+        return by_name[wanted]
+    alias = OPENAI_VOICES.get(wanted)
+    if alias is not None:
+        return by_name.get(alias.lower(), spec.voices[0])
+    known = ", ".join(v.name for v in spec.voices)
+    raise InvalidParameter(
+        f"{spec.name} has no voice {name!r}; its voices are {known} (or one of OpenAI's names).",
+        param="voice",
+    )
 
 
 def _as_api_error(exc: BaseException, job: GenerationJob) -> ApiError:

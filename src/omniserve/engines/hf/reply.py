@@ -114,8 +114,10 @@ class ReplyText:
         max_answer_tokens: int | None,
         reasoning_budget: int | None,
         eos: frozenset[int],
+        script: tuple[int, ...] | None = None,
     ) -> None:
         self.emit = emit
+        self.script = script
         self.detok = Detokenizer(tokenizer)
         self.splitter = ThinkSplitter(thinks)
         self.reasoning_visible = reasoning_visible
@@ -162,7 +164,10 @@ class ReplyText:
         return budget is not None and self.splitter.reasoning and self.reasoning_tokens >= budget
 
     def forced_token(self) -> int | None:
-        """The token the next step must produce: ``</think>`` once the budget is spent."""
+        """The token the next step must produce: the script's next one while it lasts (a
+        script ends with an end token); ``</think>`` once the reasoning budget is spent."""
+        if self.script is not None and self.generated < len(self.script):
+            return self.script[self.generated]
         return self.think_end if self.over_budget() else None
 
     def _text(self, reasoning: bool, piece: str) -> None:

@@ -31,6 +31,9 @@ class Plan:
     reasoning_budget: int | None
     max_answer_tokens: int | None
     chunk_bytes: int
+    # Text the thinker must write, token by token (a text read aloud): the talker speaks the
+    # thinker's states for it as for an answer of its own.
+    read: tuple[int, ...] | None = None
 
     @property
     def speaks(self) -> bool:

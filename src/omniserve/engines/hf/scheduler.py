@@ -264,6 +264,7 @@ class Scheduler:
                 max_answer_tokens=plan.max_answer_tokens,
                 reasoning_budget=plan.reasoning_budget,
                 eos=plan.thinker.eos,
+                script=plan.read,
             ),
             talker_done=not plan.speaks,
         )
