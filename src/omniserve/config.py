@@ -263,8 +263,9 @@ class UpstreamSpec(BaseModel):
     base_urls: list[str] = Field(min_length=1)
     # The environment variable that holds the upstream's API key (never the key itself).
     api_key_env: str | None = None
-    # Served name -> the upstream's model id.
-    models: dict[str, str] = Field(min_length=1)
+    # Served name -> the upstream's model id (none for an upstream that only reads text aloud
+    # or only transcribes).
+    models: dict[str, str] = Field(default_factory=dict)
     # Catalog voice -> the upstream's voice or speaker (vllm-omni: ethan, chelsie, aiden).
     voices: dict[str, str] = Field(default_factory=dict)
     # False for an upstream that cannot speak: omniserve's own speech is added.
@@ -289,6 +290,22 @@ class UpstreamSpec(BaseModel):
     # Served realtime model -> the upstream's model id there. By default Model Studio gets the
     # served name, vLLM-Omni the id of the realtime model's chat model in ``models``.
     realtime_models: dict[str, str] = Field(default_factory=dict)
+    # The upstream's text-to-speech model: POST /v1/audio/speech is forwarded to its own
+    # /audio/speech with this model ("Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice" on vLLM-Omni,
+    # "gpt-4o-mini-tts"); voices are mapped through ``voices``, others pass as sent.
+    speech_model: str | None = None
+    # The upstream's speech-to-text model: POST /v1/audio/transcriptions is forwarded to its
+    # own /audio/transcriptions with this model ("openai/whisper-large-v3" on vLLM, "whisper-1").
+    transcription_model: str | None = None
+
+    @model_validator(mode="after")
+    def _serves_something(self) -> UpstreamSpec:
+        if not self.models and self.speech_model is None and self.transcription_model is None:
+            raise ValueError(
+                f"upstream {self.name} serves nothing: give it models, a speech_model or a "
+                "transcription_model"
+            )
+        return self
 
     def api_key(self) -> str | None:
         """The key from its environment variable (read here, the one module that reads it)."""

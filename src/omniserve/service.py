@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ import anyio.to_thread
 from omniserve.accounts.admission import Ticket
 from omniserve.accounts.auth import Caller
 from omniserve.accounts.service import Accounts
+from omniserve.audio_tasks import Transcriber, transcribe_by_chat, transcribe_by_recognizer
 from omniserve.catalog import Catalog, ModelSpec, Voice
 from omniserve.config import Settings
 from omniserve.engines import make_engine
@@ -155,6 +157,50 @@ class ChatService:
 
     def models(self) -> list[ModelSpec]:
         return list(self.catalog)
+
+    # -- the audio endpoints ----------------------------------------------------------------
+
+    def transcriber_for(self, model: str) -> Transcriber | None:
+        """Who writes down a recording for ``POST /v1/audio/transcriptions`` naming ``model``:
+        the engine's own speech-to-text model (an upstream's); else a served model that hears,
+        when ``model`` names one; else the offline recognizer; else the first served model that
+        hears. None: nobody here can."""
+        own = self.engine.transcriber(model)
+        if own is not None:
+            return own
+        hearing = self.models() if self.engine.hears else []
+        named = next((m for m in hearing if m.name == model), None)
+        if named is None and self.recognizer is not None:
+            return functools.partial(
+                transcribe_by_recognizer, self.recognizer, tokenizer=self.tokenizer
+            )
+        chosen = named or (hearing[0] if hearing else None)
+        if chosen is None:
+            return None
+        return functools.partial(
+            transcribe_by_chat, self.engine, chosen, tokenizer=self.tokenizer
+        )
+
+    def limits_model(self, name: str) -> ModelSpec:
+        """The served model whose rate limits an audio endpoint's request counts against: the
+        one it names, else the first."""
+        return self.catalog.get(name) if name in self.catalog else self.models()[0]
+
+    async def book(
+        self, caller: Caller, job: GenerationJob, *, input_audio_seconds: float = 0.0
+    ) -> Booking:
+        """An audio endpoint's request, admitted against its key's limits and opened in the
+        ledger as a chat request is (raises the 403/404/429 that refuses it)."""
+        assert self.accounts is not None, "ChatService.attach() was not called"
+        meter = RequestMeter(self.metrics, self.tokenizer)
+        try:
+            ticket = await self.accounts.admit(caller, job)
+        except ApiError as exc:
+            meter.refused(json.dumps({"model": job.model_name}).encode(), exc)
+            raise
+        meter.admitted(job, caller.key_id, started=ticket.started)
+        ticket.input_audio_seconds = input_audio_seconds
+        return Booking(ticket, meter)
 
     def speech(self) -> dict[str, Any]:
         """Who speaks the answers (``GET /models``' ``speech``, the playground's voice line)."""
@@ -322,6 +368,28 @@ class ChatService:
             raise
         meter.admitted(validated.job, caller.key_id, started=ticket.started)
         return Completion(self, validated, ticket, meter, fetching_for)
+
+
+class Booking:
+    """An audio endpoint's admitted request until it is settled: limits, ledger, metrics and the
+    log line, as for a chat completion."""
+
+    def __init__(self, ticket: Ticket, meter: RequestMeter) -> None:
+        self.ticket, self.meter = ticket, meter
+
+    def observe(self, event: EngineEvent) -> None:
+        self.meter.observe(event)
+
+    async def close(
+        self,
+        status: str,
+        code: str | None = None,
+        usage: Usage | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Settles the request (only the first call counts)."""
+        with anyio.CancelScope(shield=True):
+            await self.meter.settle(self.ticket, status, code, usage or Usage(), reason)
 
 
 class Completion:

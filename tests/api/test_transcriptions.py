@@ -526,3 +526,31 @@ def test_deltas_add_up_to_the_text() -> None:
     assert deltas(joined) == ["你好。", "再见。"]
     assert deltas(Transcript("", None, 1.0)) == []
     assert json.dumps(deltas(joined), ensure_ascii=False) == '["你好。", "再见。"]'
+
+
+def test_a_transcription_is_on_the_books(hearing: LiveServer, english: bytes) -> None:
+    import sqlalchemy as sa
+
+    from omniserve.accounts.schema import ledger
+
+    before = hearing.accounts.writer
+    assert before is not None and hearing.accounts.store is not None
+    files = {"file": ("clip.wav", english, "audio/wav")}
+    r = httpx.post(
+        f"{hearing.api}/audio/transcriptions",
+        data={"model": "whisper-ledger-check"},
+        files=files,
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert before.flush()
+    with hearing.accounts.store.engine.connect() as conn:
+        query = sa.select(ledger).where(ledger.c.model == "whisper-ledger-check")
+        (row,) = [dict(x._mapping) for x in conn.execute(query)]
+    assert row["status"] == "ok" and row["finish_reason"] == "stop"
+    assert row["prompt_audio"] > 0 and row["completion_text"] > 0
+    assert abs(row["input_audio_seconds"] - duration_of(english)) < 0.05
+    long_name = httpx.post(
+        f"{hearing.api}/audio/transcriptions", data={"model": "w" * 101}, files=files, timeout=60
+    )
+    assert long_name.status_code == 400 and long_name.json()["error"]["param"] == "model"

@@ -334,3 +334,28 @@ def test_the_admin_api_sets_a_keys_realtime_session_limit(keyed: LiveServer) -> 
         f"{keyed.base_url}/admin/keys/{key['id']}", json={"sessions": -1}, headers=auth
     )
     assert bad.status_code == 400
+
+
+# -- OpenAI's audio endpoints are booked as chat requests are ---------------------------------
+
+
+def test_speech_and_transcriptions_count_against_limits_and_are_on_the_books(
+    keyed: LiveServer,
+) -> None:
+    _, secret = store(keyed).create("voice app", rpm=1)
+    auth = {"Authorization": f"Bearer {secret}"}
+    body = {"model": "tts-1", "voice": "alloy", "input": "Hello there, on the books."}
+    url = f"{keyed.api}/audio/speech"
+    first = httpx.post(url, json=body, headers=auth, timeout=60)
+    assert first.status_code == 200 and first.content
+    second = httpx.post(url, json=body, headers=auth, timeout=60)
+    assert second.status_code == 429 and float(second.headers["retry-after"]) > 0
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    (row,) = ledger_rows(keyed)
+    assert row["model"] == "tts-1" and row["status"] == "ok" and row["finish_reason"] == "stop"
+    assert row["prompt_text"] > 0 and row["completion_audio"] > 0
+    assert row["audio_seconds"] > 0.5 and row["ttfa_ms"] is not None
+    # A key limited to some models may call only those by name.
+    _, narrow = store(keyed).create("chat only", models=("qwen3-omni-flash",))
+    refused = httpx.post(url, json=body, headers={"Authorization": f"Bearer {narrow}"})
+    assert refused.status_code == 404

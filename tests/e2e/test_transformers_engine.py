@@ -267,6 +267,82 @@ def test_audio_input(served: tuple[str, LiveServer]) -> None:
     assert abs(tokens - 2 - 2 * per_second) <= 2, tokens
 
 
+# -- OpenAI's audio endpoints, answered by the model ---------------------------------------
+
+
+def _speech_sse(server: LiveServer, **body: Any) -> tuple[bytes, dict[str, int]]:
+    """The PCM and the usage of one /v1/audio/speech request with SSE events."""
+    request = {"response_format": "pcm", "stream_format": "sse", **body}
+    audio, usage = bytearray(), {}
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", f"{server.api}/audio/speech", json=request) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "speech.audio.delta":
+                audio += base64.b64decode(event["audio"])
+            else:
+                assert event["type"] == "speech.audio.done"
+                usage = event["usage"]
+    return bytes(audio), usage
+
+
+def test_audio_speech_is_read_by_the_models_own_talker(served: tuple[str, LiveServer]) -> None:
+    family, server = served
+    scheduler = _scheduler(server) if len(server.service.engine.schedulers) == 1 else None
+    steps = scheduler.steps if scheduler is not None else 0
+    text = "Hello there, this is the model reading."
+    pcm, usage = _speech_sse(server, model=NAMES[family], voice=VOICES[family], input=text)
+    assert pcm and len(pcm) % 2 == 0
+    engine: Any = server.service.engine
+    tokenizer = next(iter(engine.loaded.values())).processor.tokenizer
+    written = len(tokenizer.encode(text, add_special_tokens=False))
+    # The thinker wrote the text (its tokens are counted) and the talker spoke it.
+    assert usage["output_tokens"] > written
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    if scheduler is not None:
+        assert scheduler.steps > steps
+    # OpenAI's voice names stand for the model's voices; speed is kept by stretching.
+    fast, _ = _speech_sse(server, model="tts-1", voice="alloy", input=text, speed=2.0)
+    assert abs(len(fast) / len(pcm) - 0.5) < 0.1, (len(fast), len(pcm))
+    with httpx.Client(timeout=60) as client:
+        r = client.post(
+            f"{server.api}/audio/speech",
+            json={"model": NAMES[family], "voice": "Nobody", "input": text},
+        )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "voice"
+    with _client(server) as openai, openai.audio.speech.with_streaming_response.create(
+        model=NAMES[family], voice=VOICES[family], input=text, response_format="mp3"
+    ) as response:
+        mp3 = response.read()
+    import av
+
+    with av.open(io.BytesIO(mp3)) as container:
+        seconds = sum(f.samples for f in container.decode(audio=0)) / 24_000
+    assert abs(seconds - len(pcm) / 48_000) < 0.15
+
+
+def test_audio_transcriptions_are_heard_by_the_model(served: tuple[str, LiveServer]) -> None:
+    """No recognizer on this server: the served model writes the words down in a chat turn."""
+    family, server = served
+    assert server.service.recognizer is None
+    wav = base64.b64decode(_wav_b64(2.0))
+    with _client(server) as client:
+        verbose = client.audio.transcriptions.create(
+            model="whisper-1", file=("clip.wav", wav), response_format="verbose_json"
+        )
+        again = client.audio.transcriptions.create(model=NAMES[family], file=("clip.wav", wav))
+    assert verbose.text and verbose.text == again.text  # greedy: the same words each time
+    assert abs(verbose.duration - 2.0) < 0.01
+    assert [(s.start, s.end, s.text) for s in verbose.segments or []] == [
+        (0.0, 2.0, verbose.text)
+    ]
+
+
 def test_a_realtime_session_on_open_weights(served: tuple[str, LiveServer]) -> None:
     """A realtime model is answered by the engine's own name for its family: the turn's audio
     goes to the model natively, and the next turn sees the conversation so far."""

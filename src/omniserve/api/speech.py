@@ -11,10 +11,12 @@ catalog's (``Cherry``, ``Ethan``…), and OpenAI's names stand for one of them (
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Literal
@@ -28,12 +30,14 @@ from starlette.responses import Response, StreamingResponse
 from omniserve.accounts.auth import Caller
 from omniserve.api.auth import guard
 from omniserve.api.chat import read_body
+from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response
+from omniserve.audio_tasks import OPENAI_VOICES, SpeechTask
 from omniserve.catalog import Voice
-from omniserve.errors import ApiError, InvalidParameter, ServiceUnavailable
+from omniserve.errors import ApiError, InternalError, InvalidParameter, ServiceUnavailable
 from omniserve.events import PCM_RATE, AudioDelta, EngineEvent, Finished, TextDelta
-from omniserve.job import Usage, new_request_id
-from omniserve.service import ChatService
+from omniserve.job import GenerationJob, PromptTokens, Usage, new_request_id
+from omniserve.service import Booking, ChatService
 from omniserve.speech import speak_along
 from omniserve.speech.codecs import FORMATS, StreamEncoder
 from omniserve.speech.language import detect_language
@@ -45,21 +49,6 @@ KEY = Depends(guard("key"))
 
 MAX_INPUT = 4096  # characters, as OpenAI's
 MAX_BODY = 256 * 1024
-
-# OpenAI's voices, each read by a catalog voice of a like character.
-OPENAI_VOICES = {
-    "alloy": "Cherry",
-    "ash": "Ethan",
-    "ballad": "Ryan",
-    "coral": "Serena",
-    "echo": "Elias",
-    "fable": "Roy",
-    "nova": "Jennifer",
-    "onyx": "Marcus",
-    "sage": "Katerina",
-    "shimmer": "Vivian",
-    "verse": "Aiden",
-}
 
 MEDIA_TYPES = {
     "mp3": "audio/mpeg",
@@ -74,7 +63,7 @@ MEDIA_TYPES = {
 class SpeechRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=100)
     input: str
     voice: str = Field(min_length=1)
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
@@ -167,16 +156,16 @@ async def _text(text: str) -> AsyncIterator[EngineEvent]:
     yield Finished("stop", Usage())
 
 
-async def _audio(
+def built_in(
     service: ChatService, synth: Synthesizer, request: SpeechRequest, voice: Voice
-) -> AsyncGenerator[tuple[bytes, int], None]:
-    """The speech in ``response_format``, piece by piece, and at the end (``b"", tokens``)
-    the audio tokens."""
+) -> AsyncGenerator[EngineEvent, None]:
+    """The text read by the server's built-in voice, sentence by sentence, in each one's
+    language."""
     if request.speed != 1.0:
         synth = _Paced(synth, request.speed)
     language = detect_language(request.input, allowed=voice.languages)
     model = next(iter(service.models()))
-    events = speak_along(
+    return speak_along(
         _text(request.input),
         synth,
         voice,
@@ -184,49 +173,109 @@ async def _audio(
         chunk_bytes=service.chunk_bytes,
         tokens_per_second=model.tokens.output_audio_tokens_per_second,
     )
-    fmt = request.response_format
+
+
+def estimate_job(service: ChatService, request: SpeechRequest, request_id: str) -> GenerationJob:
+    """The request as admission sees it: the text in, about a second of speech for every
+    twelve characters out (at most)."""
+    spec = service.limits_model(request.model)
+    seconds = len(request.input) / 12 / request.speed + 1
+    audio_tokens = math.ceil(seconds * spec.tokens.output_audio_tokens_per_second)
+    return GenerationJob(
+        request_id=request_id,
+        model_name=request.model,
+        model=spec,
+        messages=(),
+        prompt_tokens=PromptTokens(text=service.tokenizer.count(request.input)),
+        max_tokens=audio_tokens,
+    )
+
+
+async def _encoded(
+    events: AsyncGenerator[EngineEvent, None],
+    fmt: str,
+    booking: Booking,
+    prompt: PromptTokens,
+) -> AsyncGenerator[tuple[bytes, Usage | None], None]:
+    """The speech in ``fmt``, piece by piece, and at the end (``b"", usage``); the request is
+    settled when it ends, however it ends."""
     codec = StreamEncoder(fmt) if fmt in FORMATS else None
+    status, usage = "error", None
+    code: str | None = "InternalError"
     try:
         if fmt == "wav":
-            yield wav_header(), 0
+            yield wav_header(), None
         async for event in events:
+            booking.observe(event)
             if isinstance(event, AudioDelta) and event.pcm:
                 data = event.pcm
                 if codec is not None:
                     data = await anyio.to_thread.run_sync(codec.encode, event.pcm)
                 if data:
-                    yield data, 0
+                    yield data, None
             elif isinstance(event, Finished):
                 if codec is not None:
                     tail = await anyio.to_thread.run_sync(codec.finish)
                     if tail:
-                        yield tail, 0
-                yield b"", event.usage.completion.audio
+                        yield tail, None
+                usage = event.usage
+                if not usage.prompt.total:  # the built-in voice counts only what it said
+                    usage = dataclasses.replace(usage, prompt=prompt)
+                status, code = "ok", None
+                yield b"", usage
+                return
+    except ApiError as exc:
+        status, code = "error", exc.code
+        raise
+    except (GeneratorExit, asyncio.CancelledError):
+        if status != "ok":
+            status, code = "disconnected", None
+        raise
     finally:
         await events.aclose()
         if codec is not None:
             codec.close()
+        await booking.close(status, code, usage, "stop" if usage else None)
 
 
 async def create_speech(request: Request, caller: Caller = KEY) -> Response:
-    """Authenticated (the guard), then read aloud as it streams."""
+    """Authenticated (the guard), checked, admitted, then read aloud as it streams: by the
+    engine's own voice where it has one (``Engine.read_aloud``), else the built-in voice."""
     service: ChatService = request.app.state.service
+    drain: Drain = request.app.state.drain
     request_id = new_request_id()
     headers = {"x-request-id": request_id}
+    events: AsyncGenerator[EngineEvent, None] | None = None
     try:
+        if drain.draining:
+            raise shutting_down()
         body = await read_body(request, MAX_BODY)
         asked = await anyio.to_thread.run_sync(parse, body)
-        voice = find_voice(service, asked.voice)
-        synth = await service.built_in_speech()
-        pieces = _audio(service, synth, asked, voice)
-        first = await anext(pieces)
+        task = SpeechTask(
+            request_id, asked.model, asked.input, asked.voice, asked.speed, asked.instructions
+        )
+        events = service.engine.read_aloud(task)
+        if events is None:
+            voice = find_voice(service, asked.voice)
+            synth = await service.built_in_speech()
+            events = built_in(service, synth, asked, voice)
+        booking = await service.book(caller, estimate_job(service, asked, request_id))
     except ApiError as exc:
+        if events is not None:
+            await events.aclose()
         return error_response(exc, request_id)
     except SpeechError as exc:
         return error_response(
             ServiceUnavailable(f"The server's built-in speech is unavailable: {exc}"), request_id
         )
-    input_tokens = service.tokenizer.count(asked.input)
+    prompt = PromptTokens(text=service.tokenizer.count(asked.input))
+    pieces = _encoded(events, asked.response_format, booking, prompt)
+    try:
+        first = await anext(pieces)
+    except ApiError as exc:  # refused by the engine before any audio (a voice it lacks)
+        return error_response(exc, request_id)
+    except StopAsyncIteration:
+        return error_response(InternalError("The speech ended before it began."), request_id)
 
     async def audio() -> AsyncGenerator[bytes, None]:
         async with contextlib.aclosing(pieces):
@@ -241,19 +290,14 @@ async def create_speech(request: Request, caller: Caller = KEY) -> Response:
         async with contextlib.aclosing(pieces):
             item = first
             while True:
-                data, tokens = item
+                data, usage = item
+                if usage is not None:
+                    done = {"type": "speech.audio.done", "usage": openai_usage(usage)}
+                    yield b"data: " + json.dumps(done).encode() + b"\n\n"
+                    return
                 if data:
                     event = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
                     yield b"data: " + json.dumps(event).encode() + b"\n\n"
-                else:
-                    usage = {
-                        "input_tokens": input_tokens,
-                        "output_tokens": tokens,
-                        "total_tokens": input_tokens + tokens,
-                    }
-                    done = {"type": "speech.audio.done", "usage": usage}
-                    yield b"data: " + json.dumps(done).encode() + b"\n\n"
-                    return
                 try:
                     item = await anext(pieces)
                 except StopAsyncIteration:
@@ -266,6 +310,15 @@ async def create_speech(request: Request, caller: Caller = KEY) -> Response:
     return StreamingResponse(
         audio(), media_type=MEDIA_TYPES[asked.response_format], headers=headers
     )
+
+
+def openai_usage(usage: Usage) -> dict[str, int]:
+    """A speech request's usage as OpenAI reports it."""
+    return {
+        "input_tokens": usage.prompt.total,
+        "output_tokens": usage.completion.total,
+        "total_tokens": usage.total,
+    }
 
 
 for prefix in ("/compatible-mode/v1", "/v1"):

@@ -10,7 +10,9 @@ docs/audio-endpoints.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -18,7 +20,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -30,15 +31,17 @@ from omniserve.accounts.auth import Caller
 from omniserve.api.auth import guard
 from omniserve.api.drain import Drain, shutting_down
 from omniserve.api.errors import error_response
+from omniserve.audio_tasks import WHISPER_LANGUAGES, Heard, Transcriber, TranscriptionTask
 from omniserve.catalog import MediaLimits
 from omniserve.errors import ApiError, InvalidMedia, InvalidParameter, PayloadTooLarge
-from omniserve.job import AUDIO_INPUT_RATE, new_request_id
+from omniserve.job import AudioInput, GenerationJob, PromptTokens, new_request_id
 from omniserve.media.audio import EMPTY, WEBM, decode_audio
 from omniserve.media.budget import AUDIO_COST, DecodeBudget
 from omniserve.media.policy import MediaPolicy, policy_for
 from omniserve.service import ChatService
-from omniserve.speech.recognizer import Recognizer, Segment, Transcript
+from omniserve.speech.recognizer import Segment, Transcript
 
+log = logging.getLogger("omniserve")
 router = APIRouter()
 KEY = Depends(guard("key"))
 
@@ -48,6 +51,7 @@ MAX_FIELD_BYTES = 16 * 1024  # one text field (a prompt is a few hundred charact
 # What the body may hold besides the file: the fields and the parts' headers and boundaries.
 FORM_OVERHEAD_BYTES = MAX_FIELDS * MAX_FIELD_BYTES + 64 * 1024
 
+MAX_MODEL_NAME = 100  # as the ledger keeps it
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 STREAMED_FORMATS = ("json", "text")
 GRANULARITY_FIELDS = ("timestamp_granularities[]", "timestamp_granularities")
@@ -59,31 +63,6 @@ NOT_MULTIPART = (
     "Send the audio as multipart/form-data with a 'file' and a 'model' field, as OpenAI's "
     "API takes it"
 )
-
-# Whisper's languages by code, named as OpenAI's verbose_json names them.
-LANGUAGE_NAMES = {
-    "af": "afrikaans", "am": "amharic", "ar": "arabic", "as": "assamese",
-    "az": "azerbaijani", "ba": "bashkir", "be": "belarusian", "bg": "bulgarian",
-    "bn": "bengali", "bo": "tibetan", "br": "breton", "bs": "bosnian", "ca": "catalan",
-    "cs": "czech", "cy": "welsh", "da": "danish", "de": "german", "el": "greek",
-    "en": "english", "es": "spanish", "et": "estonian", "eu": "basque", "fa": "persian",
-    "fi": "finnish", "fo": "faroese", "fr": "french", "gl": "galician", "gu": "gujarati",
-    "ha": "hausa", "haw": "hawaiian", "he": "hebrew", "hi": "hindi", "hr": "croatian",
-    "ht": "haitian creole", "hu": "hungarian", "hy": "armenian", "id": "indonesian",
-    "is": "icelandic", "it": "italian", "ja": "japanese", "jw": "javanese",
-    "ka": "georgian", "kk": "kazakh", "km": "khmer", "kn": "kannada", "ko": "korean",
-    "la": "latin", "lb": "luxembourgish", "ln": "lingala", "lo": "lao", "lt": "lithuanian",
-    "lv": "latvian", "mg": "malagasy", "mi": "maori", "mk": "macedonian",
-    "ml": "malayalam", "mn": "mongolian", "mr": "marathi", "ms": "malay", "mt": "maltese",
-    "my": "myanmar", "ne": "nepali", "nl": "dutch", "nn": "nynorsk", "no": "norwegian",
-    "oc": "occitan", "pa": "punjabi", "pl": "polish", "ps": "pashto", "pt": "portuguese",
-    "ro": "romanian", "ru": "russian", "sa": "sanskrit", "sd": "sindhi", "si": "sinhala",
-    "sk": "slovak", "sl": "slovenian", "sn": "shona", "so": "somali", "sq": "albanian",
-    "sr": "serbian", "su": "sundanese", "sv": "swedish", "sw": "swahili", "ta": "tamil",
-    "te": "telugu", "tg": "tajik", "th": "thai", "tk": "turkmen", "tl": "tagalog",
-    "tr": "turkish", "tt": "tatar", "uk": "ukrainian", "ur": "urdu", "uz": "uzbek",
-    "vi": "vietnamese", "yi": "yiddish", "yo": "yoruba", "yue": "cantonese", "zh": "chinese",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -173,6 +152,10 @@ def checked(form: FormData) -> TranscriptionRequest:
             "server's speech recognizer).",
             param="model",
         )
+    if len(model) > MAX_MODEL_NAME:
+        raise InvalidParameter(
+            f"'model' is {len(model)} characters; the limit is {MAX_MODEL_NAME}.", param="model"
+        )
     response_format = text_field(form, "response_format") or "json"
     if response_format not in FORMATS:
         raise InvalidParameter(
@@ -242,20 +225,18 @@ def _check_temperature(value: str | None) -> None:
 # -- decoding --------------------------------------------------------------------------------
 
 
-def decode_pcm16(
+def decode(
     data: bytes, policy: MediaPolicy, limits: MediaLimits, budget: DecodeBudget
-) -> bytes:
-    """``data`` as 16 kHz mono PCM16, decoded by chat audio input's decoder (and WebM, which
-    browsers record) within the server's decoding memory. Blocking: on a worker thread."""
+) -> AudioInput:
+    """``data`` decoded to 16 kHz mono by chat audio input's decoder (and WebM, which browsers
+    record) within the server's decoding memory. Blocking: on a worker thread."""
     with budget.hold(AUDIO_COST, "this audio"):
-        audio = decode_audio(data, policy, limits, extra_formats=WEBM)
-    scaled = np.clip(audio.samples, -1.0, 1.0) * 32767.0
-    return scaled.astype("<i2").tobytes()
+        return decode_audio(data, policy, limits, extra_formats=WEBM)
 
 
-async def read_audio(service: ChatService, upload: UploadFile, limit: int) -> bytes:
-    """The uploaded file as PCM16 at the recognizer's rate; ``InvalidMedia`` (param ``file``)
-    for audio that chat input would refuse, 413 past ``limit``."""
+async def read_audio(service: ChatService, upload: UploadFile, limit: int) -> AudioInput:
+    """The uploaded file decoded; ``InvalidMedia`` (param ``file``) for audio that chat input
+    would refuse, 413 past ``limit``."""
     if upload.size is not None and upload.size > limit:
         raise too_large(limit)
     data = await upload.read(limit + 1)
@@ -267,24 +248,34 @@ async def read_audio(service: ChatService, upload: UploadFile, limit: int) -> by
         if not data:
             raise InvalidMedia(EMPTY)
         return await anyio.to_thread.run_sync(
-            decode_pcm16, data, policy, model.media, service.media.budget
+            decode, data, policy, model.media, service.media.budget
         )
     except InvalidMedia as exc:
         exc.param = "file"
         raise
 
 
-async def transcribe(
-    recognizer: Recognizer, pcm: bytes, language: str | None, prompt: str | None
-) -> Transcript:
+async def transcribe(transcriber: Transcriber, task: TranscriptionTask) -> Heard:
     try:
-        return await recognizer.transcribe_async(pcm, AUDIO_INPUT_RATE, language, prompt)
+        return await transcriber(task)
     except ValueError:  # the only malformed input left is a language Whisper does not know
         raise InvalidParameter(
-            f"language {language!r} is not one the speech recognizer knows; send an ISO-639-1 "
-            "code such as 'en' or 'zh', or leave it out to have the language detected.",
+            f"language {task.language!r} is not one the speech recognizer knows; send an "
+            "ISO-639-1 code such as 'en' or 'zh', or leave it out to have the language detected.",
             param="language",
         ) from None
+
+
+def estimate_job(service: ChatService, task: TranscriptionTask) -> GenerationJob:
+    """The request as admission sees it: the recording in, some eight words a second out."""
+    return GenerationJob(
+        request_id=task.request_id,
+        model_name=task.model,
+        model=service.limits_model(task.model),
+        messages=(),
+        prompt_tokens=PromptTokens(audio=task.audio.tokens),
+        max_tokens=int(task.audio.seconds * 8) + 32,
+    )
 
 
 # -- the answers -----------------------------------------------------------------------------
@@ -302,7 +293,7 @@ def as_verbose_json(transcript: Transcript) -> dict[str, Any]:
     code = transcript.language
     return {
         "task": "transcribe",
-        "language": LANGUAGE_NAMES.get(code, code) if code else "unknown",
+        "language": WHISPER_LANGUAGES.get(code, code) if code else "unknown",
         "duration": round(transcript.duration_s, 3),
         "text": transcript.text,
         "segments": [
@@ -412,7 +403,8 @@ def answer(transcript: Transcript, asked: TranscriptionRequest, request_id: str)
 
 
 async def create_transcription(request: Request, caller: Caller = KEY) -> Response:
-    """Authenticated (the guard), read and checked, decoded and heard off the event loop."""
+    """Authenticated (the guard), read and checked, decoded off the event loop, admitted, and
+    heard by whoever hears it here (``ChatService.transcriber_for``)."""
     service: ChatService = request.app.state.service
     drain: Drain = request.app.state.drain
     request_id = new_request_id()
@@ -420,20 +412,39 @@ async def create_transcription(request: Request, caller: Caller = KEY) -> Respon
     try:
         if drain.draining:
             raise shutting_down()
-        recognizer = service.recognizer
-        if recognizer is None:
+        if service.recognizer is None and not service.engine.hears:
             raise InvalidParameter(NO_RECOGNIZER, param="model")
         limit = file_limit(service)
         form = await read_form(request, limit)
         asked = checked(form)
-        pcm = await read_audio(service, asked.file, limit)
-        transcript = await transcribe(recognizer, pcm, asked.language, asked.prompt)
+        audio = await read_audio(service, asked.file, limit)
+        task = TranscriptionTask(request_id, asked.model, audio, asked.language, asked.prompt)
+        transcriber = service.transcriber_for(asked.model)
+        if transcriber is None:
+            raise InvalidParameter(NO_RECOGNIZER, param="model")
+        booking = await service.book(
+            caller, estimate_job(service, task), input_audio_seconds=audio.seconds
+        )
+        status, usage = "error", None
+        code: str | None = "InternalError"
+        try:
+            heard = await transcribe(transcriber, task)
+            status, code, usage = "ok", None, heard.usage
+        except ApiError as exc:
+            code = exc.code
+            raise
+        except asyncio.CancelledError:
+            status, code = "disconnected", None
+            raise
+        finally:
+            await booking.close(status, code, usage, "stop" if usage else None)
     except ApiError as exc:
         return error_response(exc, request_id)
     finally:
         if form is not None:
             await form.close()
-    return answer(transcript, asked, request_id)
+    log.info("transcription %s heard by %s", request_id, heard.by)
+    return answer(heard.transcript, asked, request_id)
 
 
 # The form, for the schema: the route reads the body itself.

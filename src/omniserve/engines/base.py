@@ -17,6 +17,7 @@ from omniserve.events import EngineEvent
 from omniserve.job import BILLING, GenerationJob, MediaAccounting
 
 if TYPE_CHECKING:
+    from omniserve.audio_tasks import SpeechTask, Transcriber
     from omniserve.speech.recognizer import Recognizer
 
 
@@ -30,6 +31,9 @@ class Engine(ABC):
     # Whether it wants each medium's fetched bytes besides the decoded input (it hands media on
     # to another server as they came).
     forwards_media: bool = False
+    # Whether its models hear audio input: then a transcription can be a chat turn with one
+    # (``omniserve.audio_tasks.transcribe_by_chat``).
+    hears: bool = False
 
     @abstractmethod
     def generate(self, job: GenerationJob) -> AsyncGenerator[EngineEvent, None]:
@@ -61,3 +65,15 @@ class Engine(ABC):
 
     def use_recognizer(self, recognizer: Recognizer) -> None:  # noqa: B027 (a default)
         """The server's offline speech recognizer, for an engine that has a use for it."""
+
+    def read_aloud(self, task: SpeechTask) -> AsyncGenerator[EngineEvent, None] | None:
+        """``POST /v1/audio/speech`` read by the engine's own voice: audio events (PCM16 mono
+        24 kHz) ending with ``Finished``, or None where the server's built-in voice reads.
+        Raises ``ApiError`` for a request it refuses (a voice it does not have)."""
+        return None
+
+    def transcriber(self, model: str) -> Transcriber | None:
+        """What answers ``POST /v1/audio/transcriptions`` with a speech-to-text model of the
+        engine's own (an upstream's transcription endpoint); None: a chat model that hears, or
+        the server's recognizer."""
+        return None

@@ -91,6 +91,21 @@ envelope) with that status; ``error_after_chunks=N`` sends N chunks, one error e
 ``data:`` event (role and usage chunks included, ``[DONE]`` not). ``first_byte_delay_s`` delays
 every chat response's headers (validation errors included); ``chunk_delay_s`` is slept before
 each event but the first (``[DONE]`` included).
+
+OpenAI's audio endpoints (every kind)
+-------------------------------------
+``POST {base}/audio/speech`` (JSON): ``audio_seconds`` of the sine at ``audio_rate`` as raw
+PCM16 (``response_format`` ``pcm``) or one WAV file (anything else), sent in ``audio_chunks``
+pieces; the ``speed`` field divides the length. ``input`` missing or empty is a 400, and for
+``vllm-omni`` a ``voice`` other than ethan / chelsie / aiden is a 400 naming the speakers, as
+for chat. ``status`` != 200 answers as chat does.
+
+``POST {base}/audio/transcriptions`` (multipart): ``transcript`` as ``json`` (``{"text"}``),
+``text`` or ``verbose_json`` (``task``, ``language`` "english", ``duration`` from the WAV,
+two segments splitting the text at its middle space); a ``response_format`` not in
+``transcription_formats`` is a 400 whose message names it (as a json-only model answers). The
+upload must be a readable WAV (else 400). Requests are recorded in ``requests`` as chat's are,
+a transcription's body being its form fields plus ``file_bytes`` (the file's bytes).
 """
 
 from __future__ import annotations
@@ -147,6 +162,8 @@ class Behaviour:
     usage: bool = True
     usage_audio_tokens: bool | None = None
     healthy: bool = True
+    transcript: str = "Hello from the upstream recognizer."
+    transcription_formats: tuple[str, ...] = ("json", "text", "verbose_json")
 
 
 class _Severed(Exception):
@@ -582,6 +599,10 @@ class FakeUpstream:
             await self._json(send, 200, {"object": "list", "data": data})
         elif path == f"{self.base_path}/chat/completions" and method == "POST":
             await self._chat(scope, receive, send)
+        elif path == f"{self.base_path}/audio/speech" and method == "POST":
+            await self._speech(scope, receive, send)
+        elif path == f"{self.base_path}/audio/transcriptions" and method == "POST":
+            await self._transcription(scope, receive, send)
         else:
             await self._json(send, 404, error_envelope(self.kind, 404, f"Not Found: {path}"))
 
@@ -657,6 +678,118 @@ class FakeUpstream:
                 await streaming
             self.disconnected += 1
 
+    async def _refused(self, send: Send) -> bool:
+        """Answers the behaviour's error status, if it has one."""
+        b = self.behaviour
+        if b.status == 200:
+            return False
+        await self._pause(b.first_byte_delay_s)
+        message_text = f"fake upstream answers HTTP {b.status}"
+        await self._json(
+            send, b.status, b.error_body or error_envelope(self.kind, b.status, message_text)
+        )
+        return True
+
+    async def _speech(self, scope: Message, receive: Receive, send: Send) -> None:
+        raw = await _body(receive)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        self.requests.append({"body": body, "headers": headers, "path": "speech"})
+        if await self._refused(send):
+            return
+        if not isinstance(body, dict) or not body.get("input"):
+            await self._json(
+                send, 400, error_envelope(self.kind, 400, "input is required", "input")
+            )
+            return
+        voice = body.get("voice")
+        if self.kind == "vllm-omni" and str(voice).lower() not in VLLM_OMNI_VOICES:
+            message = f"Invalid speaker {voice!r}. Supported speakers: {sorted(VLLM_OMNI_VOICES)}"
+            await self._json(send, 400, error_envelope(self.kind, 400, message, "voice"))
+            return
+        b = self.behaviour
+        speed = float(body.get("speed") or 1.0)
+        samples = sine_pcm(b.audio_seconds / speed, b.audio_rate)
+        raw_pcm = body.get("response_format") == "pcm"
+        data = samples.tobytes() if raw_pcm else _wav(samples, b.audio_rate)
+        kind = b"audio/pcm" if raw_pcm else b"audio/wav"
+        await self._pause(b.first_byte_delay_s)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", kind)]})  # fmt: skip
+        size = -(-len(data) // max(1, b.audio_chunks))
+        size += size % 2
+        for at in range(0, len(data), size):
+            if at:
+                await self._pause(b.chunk_delay_s)
+            await send(
+                {"type": "http.response.body", "body": data[at : at + size], "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _transcription(self, scope: Message, receive: Receive, send: Send) -> None:
+        from starlette.datastructures import UploadFile
+        from starlette.requests import Request
+
+        raw = await _body(receive)
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": bytes(raw), "more_body": False}
+
+        fields: dict[str, Any] = {}
+        file_bytes = b""
+        async with Request(scope, replay).form() as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    file_bytes = await value.read()
+                    fields[key] = value.filename
+                else:
+                    fields[key] = value
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self.requests.append(
+            {
+                "body": {**fields, "file_bytes": file_bytes},
+                "headers": headers,
+                "path": "transcriptions",
+            }
+        )
+        if await self._refused(send):
+            return
+        b = self.behaviour
+        fmt = fields.get("response_format", "json")
+        if fmt not in b.transcription_formats:
+            message = f"response_format {fmt!r} is not supported by this model"
+            await self._json(send, 400, error_envelope(self.kind, 400, message, "response_format"))
+            return
+        try:
+            audio, rate = sf.read(io.BytesIO(file_bytes))
+        except Exception:
+            await self._json(send, 400, error_envelope(self.kind, 400, "unreadable audio", "file"))
+            return
+        duration = len(audio) / rate
+        if fmt == "text":
+            payload = (b.transcript + "\n").encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": payload})
+            return
+        answer: dict[str, Any] = {"text": b.transcript}
+        if fmt == "verbose_json":
+            cut = b.transcript.find(" ", len(b.transcript) // 2)
+            halves = [b.transcript[:cut], b.transcript[cut + 1 :]] if cut > 0 else [b.transcript]
+            step = duration / len(halves)
+            answer = {
+                "task": "transcribe", "language": "english", "duration": duration,
+                "text": b.transcript,
+                "segments": [
+                    {"id": i, "start": i * step, "end": (i + 1) * step, "text": " " + half}
+                    for i, half in enumerate(halves)
+                ],
+            }  # fmt: skip
+        await self._json(send, 200, answer)
+
     def _invalid(self, body: Any) -> tuple[str, str | None] | None:
         """(message, param) of a 400, or None."""
         if not isinstance(body, dict):
@@ -715,6 +848,17 @@ class FakeUpstream:
             if b.error_after_chunks is not None and sent >= b.error_after_chunks:
                 await event(json.dumps(b.error_body or stream_error(self.kind)))
         await event("[DONE]", last=True)
+
+
+async def _body(receive: Receive) -> bytearray:
+    raw = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return raw
+        raw += message.get("body", b"")
+        if not message.get("more_body", False):
+            return raw
 
 
 async def _wait_disconnect(receive: Receive) -> None:

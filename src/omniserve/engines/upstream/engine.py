@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from omniserve.audio_tasks import SpeechTask, Transcriber
 from omniserve.catalog import REALTIME_MODELS, Catalog, RealtimeModel
 from omniserve.config import UpstreamSettings, UpstreamSpec
 from omniserve.engines.base import Engine
-from omniserve.engines.upstream.errors import UpstreamBroken, UpstreamError, upstream_error
+from omniserve.engines.upstream import audio
+from omniserve.engines.upstream.errors import (
+    UpstreamBroken,
+    UpstreamBusy,
+    UpstreamError,
+    describe,
+    refusal,
+)
 from omniserve.engines.upstream.pool import ReplicaSet
 from omniserve.engines.upstream.request import request_body
 from omniserve.engines.upstream.stream import StreamTranslator
@@ -36,24 +44,6 @@ log = logging.getLogger("omniserve.upstream")
 
 class UpstreamConfigError(StartupError):
     """Upstreams configured in a way that cannot work; the message says what to change."""
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return "cannot connect"
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, httpx.ReadTimeout):
-        return "the stream stalled"
-    return "the connection broke"
 
 
 def _check_realtime(spec: UpstreamSpec) -> None:
@@ -91,6 +81,7 @@ async def _drain(lines: AsyncIterator[str]) -> None:
 class UpstreamEngine(Engine):
     name = "upstream"
     speaks = True
+    hears = True
     forwards_media = True  # media are forwarded as the bytes omniserve fetched
 
     def __init__(
@@ -127,6 +118,15 @@ class UpstreamEngine(Engine):
                 self.sets[spec.name] = ReplicaSet(spec)
             except ValueError as exc:
                 raise UpstreamConfigError(str(exc)) from None
+        if not self.routes:
+            raise UpstreamConfigError(
+                "no upstream serves a chat model: give one of them models (see docs/deploy.md)"
+            )
+        # The first upstream with each: /v1/audio/speech and /v1/audio/transcriptions go there.
+        self.speech = next((s for s in settings.upstreams if s.speech_model), None)
+        self.transcription = next(
+            (s for s in settings.upstreams if s.transcription_model), None
+        )
         # An OpenAI-style upstream takes images and audio, never video.
         self._catalog = Catalog(
             replace(m, video_input=False) if self.routes[m.name][0].kind == "openai" else m
@@ -145,6 +145,26 @@ class UpstreamEngine(Engine):
         spec, chat_model = route
         default = realtime.name if spec.kind == "dashscope" else chat_model
         return spec, spec.realtime_models.get(realtime.name, default)
+
+    def read_aloud(self, task: SpeechTask) -> AsyncGenerator[EngineEvent, None] | None:
+        """Forwarded to the speech model of the first upstream that has one."""
+        if self.speech is None:
+            return None
+        rate = next(iter(self._catalog)).tokens.output_audio_tokens_per_second
+        return audio.read_aloud(
+            self.sets[self.speech.name],
+            task,
+            self.tokenizer,
+            chunk_bytes=self.chunk_bytes,
+            audio_tokens_per_second=rate,
+        )
+
+    def transcriber(self, model: str) -> Transcriber | None:
+        """The transcription model of the first upstream that has one."""
+        if self.transcription is None:
+            return None
+        replicas = self.sets[self.transcription.name]
+        return functools.partial(audio.transcribe, replicas, tokenizer=self.tokenizer)
 
     def speaks_for(self, job: GenerationJob) -> bool:
         """An upstream that cannot speak gets omniserve's own speech."""
@@ -190,7 +210,7 @@ class UpstreamEngine(Engine):
                     response = await replicas.client.send(request, stream=True)
                 try:
                     if response.status_code != 200:
-                        raise await self._refusal(spec, response)
+                        raise await refusal(response, dashscope=spec.kind == "dashscope")
                     translator = StreamTranslator(spec, job, self.chunk_bytes, self.tokenizer)
                     lines = response.aiter_lines()
                     async for line in lines:
@@ -213,17 +233,10 @@ class UpstreamEngine(Engine):
                     yield event
                 return
             except httpx.PoolTimeout:
-                # Every pooled connection is busy: omniserve's own limit, not the replica's fault.
-                raise UpstreamError(
-                    "Too many streams are open to the model service; retry in a moment.",
-                    status=503,
-                    code="ServiceUnavailable",
-                    type="service_unavailable",
-                    retry_after=1.0,
-                ) from None
+                raise UpstreamBusy() from None
             except (httpx.TransportError, TimeoutError) as exc:
                 ok = False
-                last = UpstreamBroken(_describe(exc))
+                last = UpstreamBroken(describe(exc))
                 log.warning("upstream %s replica %s: %s", spec.name, replica.base_url, last.message)
                 if sent:
                     raise last from None
@@ -238,18 +251,3 @@ class UpstreamEngine(Engine):
             finally:
                 replicas.end(replica, ok=ok)
         raise last or UpstreamBroken(f"no replica of upstream {spec.name} is available")
-
-    @staticmethod
-    async def _refusal(spec: UpstreamSpec, response: httpx.Response) -> UpstreamError:
-        raw = await response.aread()
-        body: Any = None
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        return upstream_error(
-            response.status_code,
-            body,
-            dashscope=spec.kind == "dashscope",
-            retry_after=_retry_after(response),
-        )

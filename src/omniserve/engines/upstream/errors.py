@@ -9,7 +9,10 @@ succeed where this one failed.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import httpx
 
 from omniserve.errors import VendorError
 
@@ -123,4 +126,36 @@ def upstream_error(
         code="invalid_parameter_error",
         type="invalid_request_error",
         param=inner.get("param") if isinstance(inner.get("param"), str) else None,
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong with a connection, in a few words."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "cannot connect"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "the stream stalled"
+    return "the connection broke"
+
+
+async def refusal(response: httpx.Response, *, dashscope: bool) -> UpstreamError:
+    """The client's error for an upstream's answer other than 200 (its body is read)."""
+    raw = await response.aread()
+    body: Any = None
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    return upstream_error(
+        response.status_code, body, dashscope=dashscope, retry_after=_retry_after(response)
     )
