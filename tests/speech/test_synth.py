@@ -62,9 +62,11 @@ def espeak_children() -> set[int]:
     return found
 
 
-async def started_children() -> set[int]:
+async def started_children(before: set[int]) -> set[int]:
+    """The espeak-ng children that appeared since `before` was taken: other tests' servers
+    may still be speaking on their own threads of this process."""
     for _ in range(2_000):
-        if children := espeak_children():
+        if children := espeak_children() - before:
             return children
         await asyncio.sleep(0.005)
     raise AssertionError("espeak-ng never started")
@@ -156,12 +158,13 @@ def test_check_passes_with_the_installed_binary() -> None:
 def test_cancelled_synthesis_leaves_no_child_process() -> None:
     async def main() -> None:
         synth = EspeakSynthesizer(settings(max_concurrency=1))
+        before = espeak_children()
         task = asyncio.create_task(synth.synthesize(LONG, EspeakVoice("en-us", "m1")))
-        children = await started_children()
+        children = await started_children(before)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert espeak_children() == set()
+        # Neither running nor a zombie: /proc keeps an entry until the child is reaped.
         assert alive(children) == set()
         # The slot came back: a short sentence still gets through.
         pcm = await asyncio.wait_for(synth.synthesize("hi", EspeakVoice("en-us", "m1")), 5)
@@ -170,16 +173,38 @@ def test_cancelled_synthesis_leaves_no_child_process() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.timeout(60)
+def test_cancelling_while_espeak_starts_leaves_no_child_process() -> None:
+    """Cancelled at every step of starting the child, including after the fork but before
+    the pipes are connected: nothing is left running or unreaped."""
+
+    async def main() -> None:
+        synth = EspeakSynthesizer(settings(max_concurrency=1))
+        before = espeak_children()
+        for steps in range(12):
+            task = asyncio.create_task(synth.synthesize(LONG, EspeakVoice("en-us", "m1")))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            left = espeak_children() - before
+            assert left == set(), f"a child is left when cancelled after {steps} steps"
+
+    asyncio.run(main())
+
+
 @pytest.mark.timeout(20)
 def test_close_stops_running_synthesis() -> None:
     async def main() -> None:
         synth = EspeakSynthesizer(settings())
+        before = espeak_children()
         task = asyncio.create_task(synth.synthesize(LONG, EspeakVoice("en-us", "m1")))
-        await started_children()
+        children = await started_children(before)
         await synth.close()
         with pytest.raises(SpeechError):
             await task
-        assert espeak_children() == set()
+        assert alive(children) == set()
 
     asyncio.run(main())
 

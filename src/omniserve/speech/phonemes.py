@@ -20,6 +20,7 @@ import unicodedata
 import warnings
 from collections.abc import Callable
 
+from omniserve.speech.children import ChildProcesses
 from omniserve.speech.priority import PrioritySemaphore
 
 # Kokoro-82M v1.0's phoneme vocabulary (the ``vocab`` of the model's config.json), as runs of
@@ -160,7 +161,7 @@ class Phonemizer:
     def __init__(self, espeak_path: str, max_concurrency: int) -> None:
         self._espeak = espeak_path
         self._slots = PrioritySemaphore(max_concurrency)
-        self._running: set[asyncio.subprocess.Process] = set()
+        self._children = ChildProcesses()
         self._mandarin: Callable[[str], tuple[str, object]] | None = None
 
     @property
@@ -209,9 +210,7 @@ class Phonemizer:
 
     async def close(self) -> None:
         """Kills espeak-ng processes still running."""
-        for proc in list(self._running):
-            if proc.returncode is None:
-                proc.kill()
+        self._children.kill_all()
 
     async def _mandarin_async(self, text: str) -> str:
         # jieba and pypinyin take a few milliseconds a sentence: off the event loop.
@@ -243,28 +242,12 @@ class Phonemizer:
     async def _run(self, args: list[str], stdin: bytes) -> bytes:
         """espeak-ng's stdout; the process is killed and reaped if the caller is cancelled."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._espeak,
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            status, out, err = await self._children.run([self._espeak, *args], stdin)
         except OSError as exc:
             raise PhonemeError(f"cannot run {self._espeak!r} ({exc.strerror or exc})") from exc
-        self._running.add(proc)
-        try:
-            out, err = await proc.communicate(stdin)
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-            await asyncio.shield(proc.wait())
-            raise
-        finally:
-            self._running.discard(proc)
-        if proc.returncode != 0:
+        if status != 0:
             message = err.decode(errors="replace").strip() or "no message"
-            raise PhonemeError(f"{self._espeak} exited with status {proc.returncode}: {message}")
+            raise PhonemeError(f"{self._espeak} exited with status {status}: {message}")
         return out
 
 

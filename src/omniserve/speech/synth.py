@@ -16,6 +16,7 @@ import numpy as np
 from omniserve.config import SpeechSettings
 from omniserve.errors import StartupError
 from omniserve.events import PCM_RATE
+from omniserve.speech.children import ChildProcesses
 from omniserve.speech.pcm import parse_wav, resample_pcm16
 from omniserve.speech.priority import PrioritySemaphore
 from omniserve.speech.voices import ESPEAK_LANGUAGES, EspeakVoice
@@ -75,7 +76,7 @@ class EspeakSynthesizer:
     def __init__(self, settings: SpeechSettings) -> None:
         self._path = settings.espeak_path
         self._slots = PrioritySemaphore(settings.max_concurrency)
-        self._running: set[asyncio.subprocess.Process] = set()
+        self._children = ChildProcesses()
 
     async def synthesize(
         self,
@@ -118,39 +119,20 @@ class EspeakSynthesizer:
 
     async def close(self) -> None:
         """Kills sentences still being spoken; their callers see ``SpeechError``."""
-        for proc in list(self._running):
-            if proc.returncode is None:
-                proc.kill()
+        self._children.kill_all()
 
     async def _run(self, args: list[str], stdin: bytes) -> bytes:
         """espeak-ng's stdout; the process is killed and reaped if the caller is cancelled."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._path,
-                *args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            status, out, err = await self._children.run([self._path, *args], stdin)
         except OSError as exc:
             raise SpeechError(
                 f"cannot run {self._path!r} ({exc.strerror or exc}): install espeak-ng, "
                 "set speech.espeak_path, or choose speech.backend = 'tone'"
             ) from exc
-        self._running.add(proc)
-        try:
-            out, err = await proc.communicate(stdin)
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-            # Reap it even if we are cancelled again while waiting.
-            await asyncio.shield(proc.wait())
-            raise
-        finally:
-            self._running.discard(proc)
-        if proc.returncode != 0:
+        if status != 0:
             message = err.decode(errors="replace").strip() or "no message"
-            raise SpeechError(f"{self._path} exited with status {proc.returncode}: {message}")
+            raise SpeechError(f"{self._path} exited with status {status}: {message}")
         return out
 
 
